@@ -1,0 +1,278 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	volfs "github.com/volfs/volfs/fs"
+	"github.com/volfs/volfs/volmap"
+	"github.com/volfs/volfs/volmap/blockdev"
+)
+
+type mountCmd struct {
+	devices    []string
+	vg         string
+	thinPool   string
+	tag        string
+	stateDir   string
+	readOnly   bool
+	foreground bool
+	debug      bool
+	logFile    string
+	allowOther bool
+}
+
+const readyFdEnv = "VOLFS_READY_FD"
+
+func newMountCmd() *cobra.Command {
+	c := &mountCmd{}
+	cmd := &cobra.Command{
+		Use:   "mount [flags] MOUNTPOINT",
+		Short: "Mount volumes as image files",
+		Long: `Mount every selected volume as a regular file under MOUNTPOINT and return once
+the mount serves requests; the server keeps running in the background until
+'volfs umount MOUNTPOINT' (or SIGTERM). With --foreground it stays attached
+(for systemd: it reports readiness through $NOTIFY_SOCKET).
+
+Volumes come from exactly one source:
+  --vg VG          every public logical volume of an LVM volume group
+  --device GLOB    existing block devices matched by the glob (repeatable);
+                   each is a file named after the device's base name. These
+                   cannot be created, removed, renamed or resized.
+
+Files are owned by root and mode 0600 unless changed with chown/chmod; the
+kernel enforces mode and owner for every user (default_permissions).`,
+		Example: `  volfs mount --device '/dev/zvol/tank/vms/*' /var/lib/images
+  volfs mount --device /dev/loop3 --device /dev/loop4 --read-only /mnt/images
+  volfs mount --vg vg0 --thin-pool pool /var/lib/images`,
+		Args: exactArgs(1, "exactly one MOUNTPOINT"),
+		RunE: func(cmd *cobra.Command, args []string) error { return c.run(args[0]) },
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&c.devices, "device", nil, "block devices to expose, a glob (repeatable)")
+	f.StringVar(&c.vg, "vg", "", "LVM volume group whose logical volumes are the files")
+	f.StringVar(&c.thinPool, "thin-pool", "", "with --vg: create new files as thin volumes in this pool")
+	f.StringVar(&c.tag, "tag", "", "with --vg: only logical volumes carrying this LVM tag")
+	f.StringVar(&c.stateDir, "state-dir", "/var/lib/volfs", "where attributes of --device files are kept")
+	f.BoolVar(&c.readOnly, "read-only", false, "refuse every write (EROFS)")
+	f.BoolVar(&c.foreground, "foreground", false, "stay attached instead of serving in the background")
+	f.BoolVar(&c.debug, "debug", false, "log every FUSE request")
+	f.StringVar(&c.logFile, "log-file", "/var/log/volfs.log", "where the background server logs")
+	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
+	return cmd
+}
+
+func (c *mountCmd) run(mountpoint string) error {
+	switch {
+	case len(c.devices) == 0 && c.vg == "":
+		return usagef("say which volumes to mount: --vg VG or --device GLOB")
+	case len(c.devices) > 0 && c.vg != "":
+		return usagef("--vg and --device exclude each other")
+	case c.vg == "" && (c.thinPool != "" || c.tag != ""):
+		return usagef("--thin-pool and --tag go with --vg")
+	}
+	mnt, err := checkMountpoint(mountpoint)
+	if err != nil {
+		return err
+	}
+	if !c.foreground {
+		return c.spawn(mnt)
+	}
+	return c.serve(mnt)
+}
+
+// checkMountpoint catches what would otherwise fail deep in mount(2) with
+// a bare errno.
+func checkMountpoint(mountpoint string) (string, error) {
+	if os.Geteuid() != 0 {
+		return "", errors.New("mount must run as root: the server opens block devices")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return "", errors.New("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+	}
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", err
+	}
+	st, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("mountpoint %s does not exist: create it with mkdir -p %s", abs, abs)
+	case err != nil:
+		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
+	case !st.IsDir():
+		return "", fmt.Errorf("mountpoint %s is not a directory", abs)
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	if mounted, fstype := isMountpoint(abs); mounted {
+		return "", fmt.Errorf("%s is already a mount point (%s): unmount it first", abs, fstype)
+	}
+	return abs, nil
+}
+
+// isMountpoint reports whether dir is the mount point of a mount.
+func isMountpoint(dir string) (bool, string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false, ""
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 10 || unescapeMount(fields[4]) != dir {
+			continue
+		}
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) {
+				return true, fields[i+1]
+			}
+		}
+		return true, "?"
+	}
+	return false, ""
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}
+
+// spawn starts the server in the background and returns when it serves (or
+// says why it could not).
+func (c *mountCmd) spawn(mnt string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer pr.Close()
+	logf, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		pw.Close()
+		return fmt.Errorf("log file: %w (choose another with --log-file)", err)
+	}
+	defer logf.Close()
+	args := append([]string{"mount", "--foreground"}, os.Args[2:]...)
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), readyFdEnv+"=3")
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return err
+	}
+	pw.Close()
+	msg, _ := io.ReadAll(pr)
+	if string(msg) == "ok" {
+		_ = cmd.Process.Release()
+		return nil
+	}
+	_ = cmd.Wait()
+	if len(msg) == 0 {
+		return fmt.Errorf("the server exited before mounting; see %s", c.logFile)
+	}
+	return errors.New(string(msg))
+}
+
+func (c *mountCmd) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if c.debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// serve mounts and serves until unmounted. Errors before the mount is ready
+// go to the waiting parent (or the terminal) as one line.
+func (c *mountCmd) serve(mnt string) (err error) {
+	var ready *os.File
+	if os.Getenv(readyFdEnv) == "3" {
+		ready = os.NewFile(3, "ready")
+		os.Unsetenv(readyFdEnv)
+		defer func() {
+			if ready != nil { // failed before ready
+				fmt.Fprint(ready, err)
+				ready.Close()
+			}
+		}()
+	}
+	log := c.logger().With(slog.String("mount", mnt))
+	ctx := context.Background()
+	drv, err := c.driver(ctx, log)
+	if err != nil {
+		return err
+	}
+	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
+	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther})
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", mnt, err)
+	}
+	pidFile := pidPath(mnt)
+	_ = os.MkdirAll(filepath.Dir(pidFile), 0o755)
+	_ = os.WriteFile(pidFile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644)
+	defer os.Remove(pidFile)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		for s := range sigs {
+			log.Info("unmounting on signal", slog.String("signal", s.String()))
+			if err := srv.Unmount(); err != nil {
+				log.Error("unmount failed; still serving", slog.Any("err", err),
+					slog.String("held_by", holders(mnt)))
+			}
+		}
+	}()
+	log.Info("serving", slog.String("version", version), slog.Bool("read_only", c.readOnly))
+	if ready != nil {
+		fmt.Fprint(ready, "ok")
+		ready.Close()
+		ready = nil
+	}
+	sdNotify("READY=1")
+	srv.Wait()
+	root.Shutdown(ctx)
+	log.Info("unmounted")
+	return nil
+}
+
+func (c *mountCmd) driver(ctx context.Context, log *slog.Logger) (volmap.Driver, error) {
+	if c.vg != "" {
+		return newLVMDriver(ctx, c, log)
+	}
+	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log})
+}
+
+// sdNotify tells systemd (Type=notify) that the mount is ready.
+func sdNotify(state string) {
+	sock := os.Getenv("NOTIFY_SOCKET")
+	if sock == "" {
+		return
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_, _ = conn.Write([]byte(state))
+}

@@ -1,0 +1,51 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"syscall"
+
+	"github.com/volfs/volfs/volmap"
+)
+
+// toErrno is the one place where errors become errno. It never answers
+// ENOSYS (the kernel would stop sending that operation for the rest of the
+// mount) and logs every error it turns into EIO, with what failed and on
+// which volume.
+func (r *Root) toErrno(op, name string, err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	switch {
+	case errors.Is(err, volmap.ErrNotFound):
+		e = syscall.ENOENT
+	case errors.Is(err, volmap.ErrExists):
+		e = syscall.EEXIST
+	case errors.Is(err, volmap.ErrInUse):
+		e = syscall.EBUSY
+	case errors.Is(err, volmap.ErrNoSpace):
+		e = syscall.ENOSPC
+	case errors.Is(err, volmap.ErrInvalidName):
+		e = syscall.EINVAL
+	case errors.Is(err, volmap.ErrNameTooLong):
+		e = syscall.ENAMETOOLONG
+	case errors.Is(err, volmap.ErrNotSupported):
+		e = syscall.EPERM
+	case errors.Is(err, volmap.ErrReadOnly):
+		e = syscall.EROFS
+	case errors.Is(err, context.Canceled):
+		e = syscall.EINTR
+	case errors.As(err, &e):
+		if e == syscall.ENOSYS || e == syscall.ENOTSUP && op != "fallocate" {
+			e = syscall.EIO
+		}
+	default:
+		e = syscall.EIO
+	}
+	if e != syscall.ENOENT {
+		r.log.Warn(op+" failed", slog.String("volume", name), slog.String("errno", e.Error()), slog.Any("err", err))
+	}
+	return e
+}

@@ -1,0 +1,396 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/volmap"
+)
+
+// device is an image's block device, opened twice: O_DIRECT for aligned
+// requests (no second page cache) and buffered for unaligned ones. The
+// kernel keeps the two coherent: a direct read writes back dirty cached
+// pages of its range first, a direct write invalidates them.
+type device struct {
+	direct   *os.File
+	buffered *os.File
+	bs       int64 // logical block size: the O_DIRECT unit
+}
+
+func (d *device) close() {
+	d.direct.Close()
+	d.buffered.Close()
+}
+
+func (d *device) aligned(off int64, n int) bool {
+	return off%d.bs == 0 && int64(n)%d.bs == 0
+}
+
+// readAt reads len(p) bytes at off.
+func (d *device) readAt(p []byte, off int64) (int, error) {
+	if !d.aligned(off, len(p)) {
+		return fullReadAt(d.buffered, p, off)
+	}
+	if isAligned(p, bufAlign) {
+		return fullReadAt(d.direct, p, off)
+	}
+	for done := 0; done < len(p); {
+		chunk := min(len(p)-done, maxIO)
+		b := getBuf(chunk)
+		k, err := fullReadAt(d.direct, *b, off+int64(done))
+		copy(p[done:], (*b)[:k])
+		putBuf(b)
+		done += k
+		if err != nil || k < chunk {
+			return done, err
+		}
+	}
+	return len(p), nil
+}
+
+// writeAt writes p at off. Request payloads sit behind the FUSE header and
+// are never aligned in memory, so aligned writes go through a pooled
+// aligned buffer.
+func (d *device) writeAt(p []byte, off int64) (int, error) {
+	if !d.aligned(off, len(p)) {
+		return d.buffered.WriteAt(p, off)
+	}
+	if isAligned(p, bufAlign) {
+		return d.direct.WriteAt(p, off)
+	}
+	done := 0
+	for done < len(p) {
+		chunk := min(len(p)-done, maxIO)
+		b := getBuf(chunk)
+		copy(*b, p[done:done+chunk])
+		k, err := d.direct.WriteAt(*b, off+int64(done))
+		putBuf(b)
+		done += k
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+func fullReadAt(f *os.File, p []byte, off int64) (int, error) {
+	n, err := f.ReadAt(p, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// handle is one open file.
+type handle struct {
+	node *Image
+}
+
+var (
+	_ gofs.FileReader    = (*handle)(nil)
+	_ gofs.FileWriter    = (*handle)(nil)
+	_ gofs.FileFsyncer   = (*handle)(nil)
+	_ gofs.FileFlusher   = (*handle)(nil)
+	_ gofs.FileReleaser  = (*handle)(nil)
+	_ gofs.FileAllocater = (*handle)(nil)
+	_ gofs.FileLseeker   = (*handle)(nil)
+)
+
+// openFlags are the reply flags of every open: no page cache of the image
+// in the kernel (the volume is the cache's backing store already), and
+// parallel direct writes that do not extend the file.
+const openFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
+
+// Open opens the image, sharing one pair of device fds between handles.
+func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	write := flags&syscall.O_ACCMODE != syscall.O_RDONLY
+	if write && n.root.readOnly {
+		return nil, 0, syscall.EROFS
+	}
+	if flags&syscall.O_TRUNC != 0 && write {
+		// With CAP_ATOMIC_O_TRUNC the kernel passes O_TRUNC here. A
+		// block device opened with O_TRUNC keeps its bytes and size, and
+		// so does a file of a driver that cannot resize (cp and dd onto a
+		// device file work as on the device itself).
+		if _, ok := n.root.drv.(volmap.Resizer); ok {
+			if errno := n.truncate(ctx, 0); errno != 0 {
+				return nil, 0, errno
+			}
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gone {
+		return nil, 0, syscall.ENOENT
+	}
+	n.opens++
+	if !n.pending && n.dev.Load() == nil {
+		if errno := n.openDeviceLocked(ctx); errno != 0 {
+			n.opens--
+			return nil, 0, errno
+		}
+	}
+	return &handle{node: n}, openFlags, 0
+}
+
+func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
+	mode := os.O_RDWR
+	if n.root.readOnly {
+		mode = os.O_RDONLY
+	}
+	direct, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	if err != nil {
+		return n.root.toErrno("open", n.name, err)
+	}
+	buffered, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_CLOEXEC)
+	if err != nil {
+		direct.Close()
+		return n.root.toErrno("open", n.name, err)
+	}
+	bs, err := volmap.LogicalBlockSize(direct)
+	if err != nil {
+		direct.Close()
+		buffered.Close()
+		return n.root.toErrno("open", n.name, err)
+	}
+	n.dev.Store(&device{direct: direct, buffered: buffered, bs: int64(bs)})
+	return 0
+}
+
+// Read reads from the device, stopping at the logical size.
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n := h.node
+	size := n.size.Load()
+	if off >= size {
+		return fuse.ReadResultData(nil), 0
+	}
+	if int64(len(dest)) > size-off {
+		dest = dest[:size-off]
+	}
+	d := n.dev.Load()
+	if d == nil {
+		return nil, n.staleErrno()
+	}
+	k, err := d.readAt(dest, off)
+	if err != nil {
+		return nil, n.root.toErrno("read", n.name, err)
+	}
+	return fuse.ReadResultData(dest[:k]), 0
+}
+
+// staleErrno is what I/O on a handle without a device answers.
+func (n *Image) staleErrno() syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gone {
+		return syscall.ESTALE
+	}
+	return syscall.EIO
+}
+
+// Write writes to the device; writes past the end grow the file.
+func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n := h.node
+	end := off + int64(len(data))
+	if end > n.size.Load() {
+		return n.extendingWrite(ctx, data, off)
+	}
+	d := n.dev.Load()
+	if d == nil {
+		return 0, n.staleErrno()
+	}
+	k, err := d.writeAt(data, off)
+	n.wtime.Store(time.Now().UnixNano())
+	n.written.Store(true)
+	if err != nil {
+		return uint32(k), n.root.toErrno("write", n.name, err)
+	}
+	return uint32(k), 0
+}
+
+// extendingWrite grows the device (in geometric steps) and the logical size.
+// It holds mu while writing, so the new size becomes visible only once the
+// bytes behind it are written: a reader never sees what the device held
+// before.
+func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.gone {
+		return 0, syscall.ESTALE
+	}
+	end := off + int64(len(data))
+	cur := n.size.Load()
+	if end > n.devSize {
+		if _, ok := n.root.drv.(volmap.Resizer); !ok && !n.pending {
+			if off >= n.devSize {
+				n.root.log.Warn("write past the end of a device that cannot grow",
+					slog.String("volume", n.name), slog.Int64("size", n.devSize), slog.Int64("offset", off))
+				return 0, syscall.ENOSPC
+			}
+			data = data[:n.devSize-off] // a short write up to the end, as on the device
+			end = n.devSize
+		} else if errno := n.growDeviceLocked(ctx, end, growTarget(n.devSize, end)); errno != 0 {
+			return 0, errno
+		}
+	}
+	d := n.dev.Load()
+	if d == nil {
+		return 0, n.staleErrno()
+	}
+	if off > cur {
+		if errno := n.zeroFile(ctx, d.direct, cur, off-cur); errno != 0 {
+			return 0, errno
+		}
+	}
+	k, err := d.writeAt(data, off)
+	if reached := off + int64(k); reached > cur {
+		n.size.Store(reached)
+	}
+	n.wtime.Store(time.Now().UnixNano())
+	n.written.Store(true)
+	if err != nil {
+		return uint32(k), n.root.toErrno("write", n.name, err)
+	}
+	return uint32(k), 0
+}
+
+// growTarget is the device size to ask for when a write needs end bytes: a
+// step as large as the device (64 MiB to 8 GiB), so a file written from
+// start to end costs a few resizes, not one per write. The tail is trimmed
+// on last close.
+func growTarget(devSize, end int64) int64 {
+	step := min(max(devSize, 64<<20), 8<<30)
+	return max(end, devSize+step)
+}
+
+// Flush is close(2); data and attributes are kept until fsync or release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
+
+// Fsync flushes the device's cache and persists changed attributes.
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	n := h.node
+	if d := n.dev.Load(); d != nil {
+		// Either fd flushes the whole block device: its dirty page cache
+		// and then the device's write cache.
+		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+			return n.root.toErrno("fsync", n.name, err)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.persistLocked(ctx)
+}
+
+// Release closes a handle. The last one persists attributes, gives back
+// what geometric growth took, and closes the device.
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	n := h.node
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.opens--
+	if n.opens > 0 {
+		return 0
+	}
+	return n.lastCloseLocked(ctx)
+}
+
+func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
+	var errno syscall.Errno
+	if d := n.dev.Swap(nil); d != nil {
+		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+			errno = n.root.toErrno("flush on close", n.name, err)
+		}
+		d.close()
+	}
+	if n.pending && !n.gone {
+		// `touch` makes a file that outlives the mount.
+		sz := max(n.size.Load(), 1)
+		if e := n.createLocked(ctx, sz, sz); e != 0 {
+			return e
+		}
+	}
+	n.trimLocked(ctx)
+	if e := n.persistLocked(ctx); e != 0 && errno == 0 {
+		errno = e
+	}
+	return errno
+}
+
+// Allocate implements fallocate: punching holes and zeroing ranges go to
+// the device; mode 0 inside the file is a no-op and past it grows the file.
+func (h *handle) Allocate(ctx context.Context, off, length uint64, mode uint32) syscall.Errno {
+	n := h.node
+	if n.root.readOnly {
+		return syscall.EROFS
+	}
+	start, end := int64(off), int64(off+length)
+	keep := mode&unix.FALLOC_FL_KEEP_SIZE != 0
+	switch mode &^ unix.FALLOC_FL_KEEP_SIZE {
+	case 0:
+		if !keep && end > n.size.Load() {
+			return n.truncate(ctx, end)
+		}
+		return 0
+	case unix.FALLOC_FL_PUNCH_HOLE:
+		if !keep {
+			return syscall.EINVAL
+		}
+		return n.zeroInside(ctx, start, end, true)
+	case unix.FALLOC_FL_ZERO_RANGE:
+		if errno := n.zeroInside(ctx, start, end, false); errno != 0 {
+			return errno
+		}
+		if !keep && end > n.size.Load() {
+			return n.truncate(ctx, end) // zeroes the rest as it grows
+		}
+		return 0
+	default:
+		return syscall.EOPNOTSUPP
+	}
+}
+
+// zeroInside zeroes the part of [start, end) inside the file.
+func (n *Image) zeroInside(ctx context.Context, start, end int64, punch bool) syscall.Errno {
+	end = min(end, n.size.Load())
+	if start >= end {
+		return 0
+	}
+	d := n.dev.Load()
+	if d == nil {
+		return n.staleErrno()
+	}
+	if _, ok := n.root.drv.(volmap.Zeroer); ok || !punch {
+		return n.zeroFile(ctx, d.direct, start, end-start)
+	}
+	err := unix.Fallocate(int(d.direct.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, start, end-start)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		// The device cannot unmap with a zeroing guarantee; zeroing still
+		// gives what a hole promises: zeros.
+		return n.zeroFile(ctx, d.direct, start, end-start)
+	}
+	return n.root.toErrno("punch hole", n.name, err)
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE: the whole file is data.
+func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	size := uint64(h.node.size.Load())
+	if off >= size {
+		return 0, syscall.ENXIO
+	}
+	switch whence {
+	case unix.SEEK_DATA:
+		return off, 0
+	case unix.SEEK_HOLE:
+		return size, 0
+	}
+	return 0, syscall.EINVAL
+}

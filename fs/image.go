@@ -1,0 +1,474 @@
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/meta"
+	"github.com/volfs/volfs/volmap"
+)
+
+// Image is the node of one image file.
+type Image struct {
+	gofs.Inode
+	root *Root
+	ino  uint64
+
+	// mu guards the fields below it and serializes every change of the
+	// logical or device size. Reads and writes inside the size take no lock.
+	mu      sync.Mutex
+	name    string
+	vol     volmap.Volume // as the driver last described it
+	pending bool          // created, no volume yet
+	gone    bool          // unlinked
+	attrs   meta.Attrs    // in memory; attrs.Size is unused (see size)
+	saved   meta.Attrs    // what the driver has persisted
+	devSize int64         // the device's size in bytes
+	opens   int           // open handles
+
+	// size is the logical size: reads stop there. Written under mu, read
+	// without it on the data path.
+	size atomic.Int64
+	// written is set by every write and cleared when mtime is persisted:
+	// mtime from writes is kept in memory and flushed on fsync, last close
+	// and unmount, never per write (a tag change rewrites VG metadata).
+	written atomic.Bool
+	wtime   atomic.Int64 // time of the last write, Unix nanoseconds
+	// dev holds the device fds while the file is open (set under mu, read
+	// without it on the data path).
+	dev atomic.Pointer[device]
+}
+
+var (
+	_ gofs.NodeGetattrer     = (*Image)(nil)
+	_ gofs.NodeSetattrer     = (*Image)(nil)
+	_ gofs.NodeOpener        = (*Image)(nil)
+	_ gofs.NodeGetxattrer    = (*Image)(nil)
+	_ gofs.NodeSetxattrer    = (*Image)(nil)
+	_ gofs.NodeListxattrer   = (*Image)(nil)
+	_ gofs.NodeRemovexattrer = (*Image)(nil)
+	_ gofs.NodeOnForgetter   = (*Image)(nil)
+)
+
+func newImage(r *Root, v volmap.Volume) *Image {
+	n := &Image{root: r, ino: inoOf(v.Identity()), name: v.Name}
+	n.load(v)
+	return n
+}
+
+func newPending(r *Root, name string, a meta.Attrs) *Image {
+	id := make([]byte, 16)
+	_, _ = rand.Read(id)
+	a.ID = hex.EncodeToString(id)
+	n := &Image{root: r, ino: inoOf(a.ID), name: name, pending: true, attrs: a, saved: a}
+	return n
+}
+
+// load takes the driver's description as the truth.
+func (n *Image) load(v volmap.Volume) {
+	n.vol = v
+	n.name = v.Name
+	n.attrs = v.Attrs.Clone()
+	n.saved = v.Attrs.Clone()
+	n.devSize = v.Size
+	if v.Attrs.Size >= 0 {
+		n.size.Store(v.Attrs.Size)
+	} else {
+		n.size.Store(v.Size)
+	}
+}
+
+// refresh updates an idle node from the driver, so changes made by other
+// tools (lvextend, lvchange --addtag) show; an open node keeps its own state.
+func (n *Image) refresh(v volmap.Volume) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.name = v.Name
+	if n.opens == 0 && !n.pending && !n.written.Load() {
+		n.load(v)
+	} else {
+		n.vol.Used = v.Used
+	}
+}
+
+func (n *Image) setName(name string) {
+	n.mu.Lock()
+	n.name = name
+	n.mu.Unlock()
+}
+
+func (n *Image) unlinked() {
+	n.mu.Lock()
+	n.gone = true
+	n.pending = false
+	n.mu.Unlock()
+}
+
+// OnForget drops the node from the root's table when the kernel forgets it.
+func (n *Image) OnForget() { n.root.forget(n) }
+
+func (n *Image) fillAttr(out *fuse.Attr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	size := n.size.Load()
+	out.Ino = n.ino
+	out.Size = uint64(size)
+	switch {
+	case n.pending:
+		out.Blocks = 0
+	case n.vol.Used >= 0:
+		out.Blocks = uint64(n.vol.Used+511) / 512
+	default:
+		out.Blocks = uint64(size+511) / 512
+	}
+	out.Mode = syscall.S_IFREG | n.attrs.Mode
+	out.Nlink = 1
+	if n.gone {
+		out.Nlink = 0
+	}
+	out.Uid, out.Gid = n.attrs.UID, n.attrs.GID
+	mtime, ctime := n.attrs.Mtime, n.attrs.Ctime
+	if n.written.Load() {
+		mtime = time.Unix(0, n.wtime.Load())
+		ctime = mtime
+	}
+	out.SetTimes(&n.attrs.Atime, &mtime, &ctime)
+	// cp and friends size their buffers by st_blksize: large requests are
+	// what FUSE serves best.
+	out.Blksize = maxIO
+}
+
+// Getattr reports the file's attributes.
+func (n *Image) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fillAttr(&out.Attr)
+	return 0
+}
+
+// Setattr changes mode, owner, times or size, and persists the change.
+func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if n.root.readOnly {
+		return syscall.EROFS
+	}
+	now := time.Now()
+	if sz, ok := in.GetSize(); ok {
+		if errno := n.truncate(ctx, int64(sz)); errno != 0 {
+			return errno
+		}
+	}
+	n.mu.Lock()
+	if m, ok := in.GetMode(); ok {
+		n.attrs.Mode = m & 07777
+	}
+	if uid, ok := in.GetUID(); ok {
+		n.attrs.UID = uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		n.attrs.GID = gid
+	}
+	if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+		n.attrs.Atime = now
+	} else if t, ok := in.GetATime(); ok {
+		n.attrs.Atime = t
+	}
+	if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+		n.attrs.Mtime = now
+		n.written.Store(false)
+	} else if t, ok := in.GetMTime(); ok {
+		n.attrs.Mtime = t
+		n.written.Store(false) // an explicit mtime wins over earlier writes
+	}
+	n.attrs.Ctime = now
+	errno := n.persistLocked(ctx)
+	n.mu.Unlock()
+	n.fillAttr(&out.Attr)
+	return errno
+}
+
+// truncate sets the logical size, growing or shrinking the volume.
+func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cur := n.size.Load()
+	if size == cur {
+		return 0
+	}
+	if size < 0 {
+		return syscall.EINVAL
+	}
+	if _, ok := n.root.drv.(volmap.Resizer); !ok {
+		n.root.log.Warn("truncate refused: this driver cannot resize volumes",
+			slog.String("volume", n.name), slog.Int64("size", cur), slog.Int64("requested", size))
+		return syscall.EPERM
+	}
+	if errno := n.growDeviceLocked(ctx, size, size); errno != 0 {
+		return errno
+	}
+	if size > cur {
+		if errno := n.zeroLocked(ctx, cur, size-cur); errno != 0 {
+			return errno
+		}
+	}
+	n.size.Store(size)
+	now := time.Now()
+	n.attrs.Mtime, n.attrs.Ctime = now, now
+	if n.opens == 0 {
+		n.trimLocked(ctx)
+	}
+	return n.persistLocked(ctx)
+}
+
+// growDeviceLocked makes the device hold at least need bytes, asking for
+// want (a larger, geometric step) first. A pending file gets its volume.
+func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.Errno {
+	if n.gone {
+		return syscall.ESTALE
+	}
+	if n.pending {
+		return n.createLocked(ctx, want, need)
+	}
+	if need <= n.devSize {
+		return 0
+	}
+	rs, ok := n.root.drv.(volmap.Resizer)
+	if !ok {
+		n.root.log.Warn("write past the end of a device that cannot grow",
+			slog.String("volume", n.name), slog.Int64("size", n.devSize), slog.Int64("needed", need))
+		return syscall.ENOSPC
+	}
+	got, err := rs.Resize(ctx, n.name, want)
+	if err != nil && want > need {
+		n.root.log.Info("geometric grow failed, growing to what is needed",
+			slog.String("volume", n.name), slog.Int64("wanted", want), slog.Int64("needed", need), slog.Any("err", err))
+		got, err = rs.Resize(ctx, n.name, need)
+	}
+	if err != nil {
+		return n.root.toErrno("resize", n.name, err)
+	}
+	n.devSize = got
+	n.vol.Size = got
+	return 0
+}
+
+// createLocked gives a pending file its volume.
+func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errno {
+	cr := n.root.drv.(volmap.Creator) // pending files exist only for Creators
+	a := n.attrs.Clone()
+	a.Size = n.size.Load()
+	v, err := cr.Create(ctx, n.name, want, a)
+	if err != nil && want > need {
+		v, err = cr.Create(ctx, n.name, need, a)
+	}
+	if err != nil {
+		return n.root.toErrno("create", n.name, err)
+	}
+	n.vol = v
+	n.devSize = v.Size
+	n.saved = v.Attrs.Clone()
+	n.pending = false
+	n.root.mu.Lock()
+	if n.root.pending[n.name] == n {
+		delete(n.root.pending, n.name)
+	}
+	n.root.nodes[n.ino] = n
+	n.root.mu.Unlock()
+	if n.opens > 0 {
+		return n.openDeviceLocked(ctx)
+	}
+	return 0
+}
+
+// materialize creates the volume of a pending file now (rename over an
+// existing file, last close).
+func (n *Image) materialize(ctx context.Context) syscall.Errno {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.pending {
+		return 0
+	}
+	sz := max(n.size.Load(), 1)
+	return n.createLocked(ctx, sz, sz)
+}
+
+// trimLocked gives back what geometric growth took beyond the logical size.
+func (n *Image) trimLocked(ctx context.Context) {
+	rs, ok := n.root.drv.(volmap.Resizer)
+	size := n.size.Load()
+	if !ok || n.pending || n.gone || n.devSize <= size {
+		return
+	}
+	got, err := rs.Resize(ctx, n.name, max(size, 1))
+	if err != nil {
+		n.root.log.Warn("trimming the volume to the file size failed; it keeps its extra space",
+			slog.String("volume", n.name), slog.Int64("size", size), slog.Any("err", err))
+		return
+	}
+	n.devSize = got
+	n.vol.Size = got
+}
+
+// zeroLocked makes [off, off+length) read as zeros: bytes a file exposes by
+// growing must never be a previous volume's data.
+func (n *Image) zeroLocked(ctx context.Context, off, length int64) syscall.Errno {
+	if length <= 0 {
+		return 0
+	}
+	f, closeF, errno := n.deviceFileLocked(ctx)
+	if errno != 0 {
+		return errno
+	}
+	defer closeF()
+	return n.zeroFile(ctx, f, off, length)
+}
+
+func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) syscall.Errno {
+	var err error
+	if z, ok := n.root.drv.(volmap.Zeroer); ok {
+		err = z.Zero(ctx, n.name, f, off, length)
+	} else {
+		err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	}
+	return n.root.toErrno("zero range", n.name, err)
+}
+
+// deviceFileLocked returns an fd of the device: the open one, or a
+// temporary one (setattr on a path nobody has open).
+func (n *Image) deviceFileLocked(ctx context.Context) (*os.File, func(), syscall.Errno) {
+	if d := n.dev.Load(); d != nil {
+		return d.direct, func() {}, 0
+	}
+	f, err := n.root.drv.Open(ctx, n.name, os.O_RDWR|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	if err != nil {
+		return nil, nil, n.root.toErrno("open", n.name, err)
+	}
+	return f, func() { f.Close() }, 0
+}
+
+// persistLocked writes attributes the driver does not have yet.
+func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
+	if n.pending || n.gone {
+		return 0
+	}
+	a := n.attrs.Clone()
+	if n.written.Swap(false) {
+		// mtime from writes, recorded in memory by the data path
+		t := time.Unix(0, n.wtime.Load())
+		n.attrs.Mtime, n.attrs.Ctime = t, t
+		a.Mtime, a.Ctime = t, t
+	}
+	a.Size = n.size.Load()
+	if a.Size == n.devSize {
+		a.Size = -1
+	}
+	if a.Equal(n.saved) {
+		return 0
+	}
+	if err := n.root.drv.SetAttrs(ctx, n.name, a); err != nil {
+		return n.root.toErrno("save attributes", n.name, err)
+	}
+	n.saved = a
+	return 0
+}
+
+// closeDevices closes the fds of an image about to be removed.
+func (n *Image) closeDevices() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if d := n.dev.Swap(nil); d != nil {
+		d.close()
+	}
+}
+
+// Getxattr returns a user.* attribute; anything else is absent (ENODATA),
+// answered without work: the kernel asks for security.capability on writes.
+func (n *Image) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, ok := n.attrs.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+// Listxattr lists the user.* attributes.
+func (n *Image) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var b []byte
+	for k := range n.attrs.Xattrs {
+		b = append(append(b, k...), 0)
+	}
+	if len(dest) < len(b) {
+		return uint32(len(b)), syscall.ERANGE
+	}
+	return uint32(copy(dest, b)), 0
+}
+
+// Setxattr stores a user.* attribute persistently.
+func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	if n.root.readOnly {
+		return syscall.EROFS
+	}
+	if len(attr) < len("user.x") || attr[:5] != "user." {
+		return syscall.ENOTSUP
+	}
+	if len(attr) > meta.MaxXattrName {
+		return syscall.ERANGE
+	}
+	if len(data) > meta.MaxXattrValue {
+		return syscall.E2BIG
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, exists := n.attrs.Xattrs[attr]
+	if flags&unix.XATTR_CREATE != 0 && exists {
+		return syscall.EEXIST
+	}
+	if flags&unix.XATTR_REPLACE != 0 && !exists {
+		return syscall.ENODATA
+	}
+	total := len(attr) + len(data)
+	for k, v := range n.attrs.Xattrs {
+		if k != attr {
+			total += len(k) + len(v)
+		}
+	}
+	if total > meta.MaxXattrTotal {
+		return syscall.ENOSPC
+	}
+	if n.attrs.Xattrs == nil {
+		n.attrs.Xattrs = map[string][]byte{}
+	}
+	n.attrs.Xattrs[attr] = append([]byte(nil), data...)
+	n.attrs.Ctime = time.Now()
+	return n.persistLocked(ctx)
+}
+
+// Removexattr deletes a user.* attribute.
+func (n *Image) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	if n.root.readOnly {
+		return syscall.EROFS
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.attrs.Xattrs[attr]; !ok {
+		return syscall.ENODATA
+	}
+	delete(n.attrs.Xattrs, attr)
+	n.attrs.Ctime = time.Now()
+	return n.persistLocked(ctx)
+}

@@ -1,0 +1,105 @@
+package volmap
+
+import (
+	"context"
+	"os"
+
+	"github.com/volfs/volfs/meta"
+)
+
+// Volume is one volume as a driver sees it.
+type Volume struct {
+	// Name is the file name shown in the mount (already decoded).
+	Name string
+	// ID is a stable identity (an LV UUID, a device's serial) that survives
+	// renames and remounts; inode numbers and state files derive from it.
+	ID string
+	// Size is the size of the volume's block device in bytes.
+	Size int64
+	// Used is how many bytes are really allocated (thin volumes); -1 when
+	// the whole of Size is.
+	Used int64
+	// Attrs are the persisted file attributes (mode, owner, times, logical
+	// size, xattrs).
+	Attrs meta.Attrs
+}
+
+// Driver is the small core every volume driver implements.
+type Driver interface {
+	// List returns every volume that is a file of this mount.
+	List(ctx context.Context) ([]Volume, error)
+	// Lookup returns one volume by file name, or ErrNotFound.
+	Lookup(ctx context.Context, name string) (Volume, error)
+	// Open opens the volume's block device with the given open(2) flags
+	// (O_DIRECT among them), activating the volume if it needs it.
+	Open(ctx context.Context, name string, flag int) (*os.File, error)
+	// SetAttrs persists a volume's attributes.
+	SetAttrs(ctx context.Context, name string, a meta.Attrs) error
+}
+
+// Space is what statfs reports.
+type Space struct {
+	Total, Free int64
+}
+
+// SpaceReporter is implemented by drivers that know their pool's size.
+type SpaceReporter interface {
+	Space(ctx context.Context) (Space, error)
+}
+
+// Creator creates a volume of at least size bytes with the given attributes.
+type Creator interface {
+	Create(ctx context.Context, name string, size int64, a meta.Attrs) (Volume, error)
+}
+
+// Remover removes a volume. A volume held open outside volfs gives ErrInUse.
+type Remover interface {
+	Remove(ctx context.Context, name string) error
+}
+
+// Renamer renames a volume. It fails with ErrExists when newName exists.
+type Renamer interface {
+	Rename(ctx context.Context, oldName, newName string) error
+}
+
+// Resizer changes a volume's device size to at least size bytes and returns
+// the size the device has afterwards (drivers round up to their allocation
+// unit).
+type Resizer interface {
+	Resize(ctx context.Context, name string, size int64) (int64, error)
+}
+
+// Replacer renames a volume over an existing one: the old target is removed
+// only once the new name is in place, and a failure puts everything back.
+type Replacer interface {
+	Replace(ctx context.Context, oldName, newName string) error
+}
+
+// NameChecker validates a file name before anything is created under it,
+// so a bad name fails at open(O_CREAT) and not at the first write.
+type NameChecker interface {
+	CheckName(name string) error
+}
+
+// Identity is the stable identity of a volume: the one volfs recorded when
+// it created the file, else the driver's.
+func (v Volume) Identity() string {
+	if v.Attrs.ID != "" {
+		return v.Attrs.ID
+	}
+	return v.ID
+}
+
+// Flusher is implemented by drivers that keep state of their own to write
+// out (metadata caches) on unmount.
+type Flusher interface {
+	Flush(ctx context.Context) error
+}
+
+// Zeroer makes a byte range of a volume read as zeros in the cheapest way
+// the driver knows (a thin volume unmaps whole chunks instead of writing
+// zeros). f is an open fd of the volume's device. Without it, volfs uses
+// fallocate(FALLOC_FL_ZERO_RANGE) on the device.
+type Zeroer interface {
+	Zero(ctx context.Context, name string, f *os.File, off, length int64) error
+}
