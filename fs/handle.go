@@ -237,7 +237,6 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 				return 0, syscall.ENOSPC
 			}
 			data = data[:n.devSize-off] // a short write up to the end, as on the device
-			end = n.devSize
 		} else if errno := n.growDeviceLocked(ctx, end, growTarget(n.devSize, end)); errno != 0 {
 			return 0, errno
 		}

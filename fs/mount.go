@@ -48,8 +48,8 @@ func Mount(dir string, root *Root, mo MountOptions) (*fuse.Server, error) {
 			// Replies of 1 MiB plus header do not fit the 1 MiB pipe splice
 			// would use; every attempt fails and is logged.
 			DisableSplice: true,
-			DirectMount:          true,
-			Debug:                mo.Debug,
+			DirectMount:   true,
+			Debug:         mo.Debug,
 		},
 		RootStableAttr: &gofs.StableAttr{Ino: 1},
 	}

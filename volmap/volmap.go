@@ -19,6 +19,8 @@ type Volume struct {
 	// Used is how many bytes are really allocated (thin volumes); -1 when
 	// the whole of Size is.
 	Used int64
+	// Thin: unwritten blocks read as zeros and a discard unmaps them.
+	Thin bool
 	// Attrs are the persisted file attributes (mode, owner, times, logical
 	// size, xattrs).
 	Attrs meta.Attrs

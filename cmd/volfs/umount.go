@@ -62,7 +62,7 @@ func umount(mountpoint string, timeout time.Duration) error {
 	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if exited(pid) {
 			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -83,6 +83,18 @@ func readPid(path string) int {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	return pid
+}
+
+// exited reports whether a process is gone or a zombie (the server was
+// started in the background; whoever inherited it reaps it when it can).
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
 }
 
 // holders lists the processes with a file, directory or cwd under dir.

@@ -1,0 +1,54 @@
+# Targets for humans and CI alike. `make test` is everything CI runs.
+GO        ?= go
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+FUZZTIME  ?= 20s
+VMRUN     := $(CURDIR)/integration/vm/vmrun.sh
+
+.PHONY: all build test hosttest racetest vmtest lint fuzz bench demo deps clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/volfs ./cmd/volfs
+
+deps:
+	scripts/install-deps.sh
+
+# Unit tests, fuzz seed corpora, host integration tests on loop devices and
+# real FUSE mounts, the race detector, and the LVM suite in a QEMU guest.
+test: deps lint hosttest racetest vmtest
+
+hosttest:
+	$(GO) test -count=1 ./...
+
+racetest:
+	$(GO) test -count=1 -race ./fs/... ./meta/... ./volmap/...
+
+# Packages with tests that need device-mapper and LVM run inside a
+# throw-away guest; on the host those tests skip.
+VMPKGS ?= ./volmap/lvm/ ./integration/vm/
+vmtest:
+	$(GO) test -count=1 -p 1 -exec "$(VMRUN) -D 4G --" $(VMPKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+	shellcheck scripts/*.sh integration/vm/*.sh .ci/run $(wildcard bench/*.sh)
+
+# Each fuzz target for FUZZTIME (make test runs their seed corpora).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzTags$$' -fuzztime $(FUZZTIME) ./meta/
+	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) ./volmap/
+	$(GO) test -run '^$$' -fuzz '^FuzzReport$$' -fuzztime $(FUZZTIME) ./volmap/lvm/
+
+bench: deps build
+	bench/run.sh
+
+demo: deps build
+	scripts/demo.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/volfs/volfs/internal/testutil"
+)
+
+// volfsBin is the binary under test, built once by TestMain.
+var volfsBin string
+
+// tmpRoot holds every mount point and state directory of the run, so the
+// leak check can tell our mounts from the machine's.
+var tmpRoot string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	tmpRoot, err = os.MkdirTemp("", "volfs-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmpRoot)
+	// Permission tests run clients as nobody, who must reach the mounts.
+	if err := os.Chmod(tmpRoot, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	volfsBin = filepath.Join(tmpRoot, "volfs")
+	if out, err := exec.Command("go", "build", "-o", volfsBin, "../cmd/volfs").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building volfs: %v\n%s", err, out)
+		return 1
+	}
+	fds := openFds()
+	code := m.Run()
+	if leaked := openFds() - fds; leaked > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: the tests leaked %d file descriptors\n", leaked)
+		code = 1
+	}
+	// A test that leaves a mount or a loop device behind fails the run.
+	if mounts := leakedMounts(); len(mounts) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: mounts left behind: %s\n", strings.Join(mounts, ", "))
+		code = 1
+	}
+	if loops := testutil.LeakedLoops(); len(loops) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: loop devices left behind: %s\n", strings.Join(loops, ", "))
+		code = 1
+	}
+	return code
+}
+
+func openFds() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+func leakedMounts() []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], tmpRoot) {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}

@@ -1,0 +1,80 @@
+// Package testutil has the fixtures volfs tests share: root and tool checks
+// that skip with a reason, and loop devices over sparse files in /dev/shm
+// that are detached and removed when the test ends, even when it fails.
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ScratchPrefix starts the name of every backing file a test creates, so a
+// leak check can find them.
+const ScratchPrefix = "volfs-test-"
+
+// RequireRoot skips a test that needs root, /dev/fuse and loop devices.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices, FUSE mounts)")
+	}
+	for _, p := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	Need(t, "losetup")
+}
+
+// Need skips the test when a tool is not installed. CI installs them all.
+func Need(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (not installed)", tool)
+		}
+	}
+}
+
+// NewLoop attaches a loop device over a new sparse file of size bytes on
+// /dev/shm and returns its path.
+func NewLoop(t testing.TB, size int64) string {
+	t.Helper()
+	f, err := os.CreateTemp("/dev/shm", ScratchPrefix+"*.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	backing := f.Name()
+	t.Cleanup(func() { os.Remove(backing) })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup %s: %v: %s", backing, err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+	})
+	return dev
+}
+
+// LeakedLoops lists loop devices whose backing file a test created.
+func LeakedLoops() []string {
+	var leaked []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && strings.Contains(string(b), ScratchPrefix) {
+			leaked = append(leaked, "/dev/"+strings.Split(f, "/")[3]+" ("+strings.TrimSpace(string(b))+")")
+		}
+	}
+	return leaked
+}
