@@ -209,3 +209,35 @@ func TestMmap(t *testing.T) {
 		t.Fatalf("mmap does not see a write: %q", mem[40960:40960+21])
 	}
 }
+
+// copy_file_range between two files of one mount is served inside the
+// server; cp uses it.
+func TestCopyFileRangeInMount(t *testing.T) {
+	testutil.RequireRoot(t)
+	a, b := testutil.NewLoop(t, 32<<20), testutil.NewLoop(t, 32<<20)
+	m := newMount(t, []string{a, b})
+	src := randomFile(t, 32<<20)
+	sh(t, "dd", "if="+src, "of="+m.path(a), "bs=1M", "conv=notrunc", "status=none")
+	in, err := os.Open(m.path(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(m.path(b), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	offIn, offOut := int64(12345), int64(4096)
+	n, err := unix.CopyFileRange(int(in.Fd()), &offIn, int(out.Fd()), &offOut, 5<<20+7, 0)
+	if err != nil || n != 5<<20+7 {
+		t.Fatalf("copy_file_range = %d, %v", n, err)
+	}
+	if !bytes.Equal(fileBytes(t, b, 4096, 5<<20+7), fileBytes(t, src, 12345, 5<<20+7)) {
+		t.Fatal("copy_file_range copied the wrong bytes")
+	}
+	sh(t, "cp", m.path(a), m.path(b))
+	if sha(t, b, 32<<20) != sha(t, src, 32<<20) {
+		t.Fatal("cp between two files of the mount differs")
+	}
+}

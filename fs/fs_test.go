@@ -1,0 +1,69 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+	"testing"
+
+	"github.com/volfs/volfs/volmap"
+)
+
+func TestToErrno(t *testing.T) {
+	r := &Root{log: slog.New(slog.DiscardHandler)}
+	for _, c := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{nil, 0},
+		{fmt.Errorf("lvcreate vg0/x: %w", volmap.ErrNoSpace), syscall.ENOSPC},
+		{fmt.Errorf("x: %w", volmap.ErrNotFound), syscall.ENOENT},
+		{fmt.Errorf("x: %w", volmap.ErrExists), syscall.EEXIST},
+		{fmt.Errorf("x: %w", volmap.ErrInUse), syscall.EBUSY},
+		{fmt.Errorf("x: %w", volmap.ErrInvalidName), syscall.EINVAL},
+		{fmt.Errorf("x: %w", volmap.ErrNameTooLong), syscall.ENAMETOOLONG},
+		{fmt.Errorf("x: %w", volmap.ErrNotSupported), syscall.EPERM},
+		{fmt.Errorf("x: %w", volmap.ErrReadOnly), syscall.EROFS},
+		{&os.PathError{Op: "write", Path: "/dev/x", Err: syscall.ENOSPC}, syscall.ENOSPC},
+		{&os.PathError{Op: "read", Path: "/dev/x", Err: syscall.ENOSYS}, syscall.EIO}, // never ENOSYS
+		{errors.New("something odd"), syscall.EIO},
+	} {
+		if got := r.toErrno("op", "vol", c.err); got != c.want {
+			t.Errorf("toErrno(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+func TestGrowTarget(t *testing.T) {
+	const mib, gib = int64(1 << 20), int64(1 << 30)
+	for _, c := range []struct{ dev, end, want int64 }{
+		{0, 1, 64 * mib},                 // the first step is at least 64 MiB
+		{64 * mib, 65 * mib, 128 * mib},  // then doubling
+		{1 * gib, 3 * gib, 3 * gib},      // never less than needed
+		{20 * gib, 20*gib + 1, 28 * gib}, // at most 8 GiB a step
+		{100 * mib, 50 * mib, 200 * mib}, // (callers only ask when end > dev)
+	} {
+		if got := growTarget(c.dev, c.end); got != c.want {
+			t.Errorf("growTarget(%d, %d) = %d, want %d", c.dev, c.end, got, c.want)
+		}
+	}
+}
+
+func TestInoStable(t *testing.T) {
+	a, b := inoOf("lv-uuid-1"), inoOf("lv-uuid-1")
+	if a != b || a <= 1 || inoOf("lv-uuid-2") == a {
+		t.Fatalf("inoOf not stable or not distinct: %d %d %d", a, b, inoOf("lv-uuid-2"))
+	}
+}
+
+func TestBuffersAligned(t *testing.T) {
+	for _, n := range []int{1, 512, 4096, 4097, 65536, 1 << 20} {
+		b := getBuf(n)
+		if len(*b) != n || !isAligned(*b, bufAlign) {
+			t.Fatalf("getBuf(%d): len %d aligned %v", n, len(*b), isAligned(*b, bufAlign))
+		}
+		putBuf(b)
+	}
+}
