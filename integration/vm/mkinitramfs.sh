@@ -69,7 +69,7 @@ fi
 
 SELF=$(readlink -f "$0")
 stat_of() { stat -L -c '%n %s %Y' "$@"; }
-KEY=$( { sha256sum "$SELF"; echo "$KVER"; stat_of "$BZ" "/lib/modules/$KVER/modules.dep" "$BUSYBOX"; } \
+KEY=$( { sha256sum < "$SELF"; echo "$KVER"; stat_of "$BZ" "/lib/modules/$KVER/modules.dep" "$BUSYBOX"; } \
        | sha256sum | cut -c1-16)
 KKEY=$(stat_of "$BZ" | sha256sum | cut -c1-16)
 DIR=$CACHE/$KVER
@@ -197,11 +197,13 @@ extract_vmlinux() {
 { [ "$FORCE" = 0 ] && [ -s "$INITRD" ]; } || build_initramfs
 { [ "$FORCE" = 0 ] && { [ -s "$VMLINUX" ] || [ -e "$NOVMLINUX" ]; }; } || extract_vmlinux
 
-# Prune stale artifacts: older builds for this kernel, kernels gone from /boot.
-for f in "$DIR"/initramfs-*.cpio.gz "$DIR"/vmlinux-* "$DIR"/novmlinux-*; do
-  [ -e "$f" ] || continue
-  case $f in "$INITRD"|"$VMLINUX"|"$NOVMLINUX") continue;; esac
-  rm -f "$f"
+# Prune stale artifacts: all but the 3 newest builds of each kind for this
+# kernel (other checkouts with another version of this script may share the
+# cache), kernels gone from /boot.
+touch "$INITRD"
+for pat in 'initramfs-*.cpio.gz' 'vmlinux-*' 'novmlinux-*'; do
+  find "$DIR" -maxdepth 1 -name "$pat" -printf '%T@ %p\n' | sort -rn | tail -n +4 | cut -d' ' -f2- |
+    while read -r f; do rm -f "$f"; done
 done
 for d in "$CACHE"/*/; do
   [ -d "$d" ] || continue
