@@ -153,4 +153,3 @@ func setup(t *testing.T, size int64, extra ...string) (*mount, string) {
 	dev := testutil.NewLoop(t, size)
 	return newMount(t, []string{dev}, extra...), dev
 }
-
