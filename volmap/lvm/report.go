@@ -20,17 +20,17 @@ const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
 type LV struct {
 	Name string // as LVM spells it; "[x]" for hidden LVs (lvs -a)
 	UUID string
-	Size int64 // bytes
+	Size int64  // bytes
 	Attr string // lv_attr, 10 characters
 	Tags []string
 	Pool string // pool_lv: the thin pool of a thin LV
 	// DataPercent is the allocated share of a thin LV or pool (0-100), -1
 	// when LVM does not report it (linear LVs, inactive thin LVs).
 	DataPercent float64
-	Role    []string // lv_role: "public", "private", "thin", "snapshot", ...
-	Layout  []string // lv_layout: "linear", "thin", "sparse", "pool", ...
-	SegType string   // "linear", "thin", "thin-pool", "striped", ...
-	DMPath  string   // /dev/mapper/VG-LV
+	Role        []string // lv_role: "public", "private", "thin", "snapshot", ...
+	Layout      []string // lv_layout: "linear", "thin", "sparse", "pool", ...
+	SegType     string   // "linear", "thin", "thin-pool", "striped", ...
+	DMPath      string   // /dev/mapper/VG-LV
 	// Active is true when the LV's device exists (lv_attr state 'a').
 	Active bool
 	// SkipActivation is LVM's activation-skip flag (thin snapshots): plain

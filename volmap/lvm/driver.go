@@ -1,0 +1,462 @@
+package lvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/volfs/volfs/meta"
+	"github.com/volfs/volfs/volmap"
+)
+
+// DefaultTag is the tag every LV created by volfs carries when the mount is
+// not limited to a tag of its own.
+const DefaultTag = "volfs"
+
+// DefaultCacheTTL is how old a cached listing may be.
+const DefaultCacheTTL = time.Second
+
+// Config configures a Driver.
+type Config struct {
+	// VG is the volume group whose LVs are the files.
+	VG string
+	// ThinPool, when set, is a thin pool in VG in which Create makes thin
+	// volumes; otherwise Create makes linear volumes.
+	ThinPool string
+	// Tag limits the mount to LVs carrying it, and is added to every LV the
+	// driver creates. Empty: every public LV is a file and created LVs
+	// carry DefaultTag.
+	Tag string
+	// LVMPath is the lvm binary ("lvm" from $PATH when empty).
+	LVMPath string
+	// LVMConfig is passed to every command with --config (e.g.
+	// "activation/udev_sync=0 activation/udev_rules=0" on a host without
+	// udev).
+	LVMConfig string
+	// Log receives warnings and, at debug level, every lvm command.
+	Log *slog.Logger
+	// CacheTTL bounds the age of the cached listing that List, Lookup and
+	// Open use (DefaultCacheTTL when zero; negative: no cache).
+	CacheTTL time.Duration
+}
+
+// Driver is the lvm2 volmap driver. It is safe for concurrent use.
+type Driver struct {
+	cfg    Config
+	lvm    *Runner
+	log    *slog.Logger
+	tag    string // added to every LV the driver creates
+	vgUUID string
+	extent int64
+
+	// mu serializes the driver's changes to the VG (lvm's own locks only
+	// order whole commands; multi-step operations need more).
+	mu sync.Mutex
+
+	// refreshMu makes concurrent callers that find the cache stale share
+	// one lvs run.
+	refreshMu sync.Mutex
+	// cacheMu guards cache and gen. gen counts invalidations: a refresh
+	// that started before one must not install its (older) result.
+	cacheMu sync.Mutex
+	cache   *listing
+	gen     uint64
+
+	spaceMu sync.Mutex
+	space   volmap.Space
+	spaceAt time.Time
+
+	resizeOnce sync.Once
+	resizeArgs []string
+
+	warned sync.Map // keys of warnings already logged
+}
+
+var (
+	_ volmap.Driver        = (*Driver)(nil)
+	_ volmap.Creator       = (*Driver)(nil)
+	_ volmap.Remover       = (*Driver)(nil)
+	_ volmap.Renamer       = (*Driver)(nil)
+	_ volmap.Resizer       = (*Driver)(nil)
+	_ volmap.SpaceReporter = (*Driver)(nil)
+)
+
+// listing is one lvs run: every LV of the VG (files or not) by LVM name.
+// It is never modified once published.
+type listing struct {
+	at  time.Time
+	lvs map[string]LV
+}
+
+// asideLabel names the temporary LV that Replace moves a target to;
+// volmap.HiddenName makes it an LV name that never decodes as a file.
+const asideLabel = "volfs-aside-"
+
+// New checks that the VG (and the thin pool, if configured) exist and
+// returns a driver for it.
+func New(ctx context.Context, cfg Config) (*Driver, error) {
+	if err := checkVGName(cfg.VG); err != nil {
+		return nil, err
+	}
+	if cfg.Tag != "" {
+		if err := checkTag(cfg.Tag); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.CacheTTL == 0 {
+		cfg.CacheTTL = DefaultCacheTTL
+	}
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &Driver{
+		cfg: cfg,
+		lvm: &Runner{Path: cfg.LVMPath, Config: cfg.LVMConfig, Log: log},
+		log: log.With(slog.String("vg", cfg.VG)),
+		tag: cfg.Tag,
+	}
+	if d.tag == "" {
+		d.tag = DefaultTag
+	}
+	out, err := d.lvm.Report(ctx, "vgs", vgFields, cfg.VG)
+	if err != nil {
+		if errors.Is(err, volmap.ErrNotFound) {
+			return nil, fmt.Errorf("volume group %q not found (vgs lists the volume groups): %w", cfg.VG, err)
+		}
+		return nil, fmt.Errorf("volume group %q: %w", cfg.VG, err)
+	}
+	vgs, err := ParseVGs(out)
+	if err != nil {
+		return nil, err
+	}
+	if len(vgs) != 1 || vgs[0].Name != cfg.VG || vgs[0].ExtentSize <= 0 || vgs[0].UUID == "" {
+		return nil, fmt.Errorf("volume group %q: unexpected vgs report %+v", cfg.VG, vgs)
+	}
+	d.vgUUID, d.extent = vgs[0].UUID, vgs[0].ExtentSize
+	l, err := d.refresh(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ThinPool != "" {
+		pool, ok := l.lvs[cfg.ThinPool]
+		if !ok {
+			return nil, fmt.Errorf("thin pool %s/%s not found (lvs %s lists its LVs): %w",
+				cfg.VG, cfg.ThinPool, cfg.VG, volmap.ErrNotFound)
+		}
+		if pool.SegType != "thin-pool" {
+			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
+		}
+	}
+	asidePrefix, _ := volmap.HiddenName(asideLabel)
+	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
+		if strings.HasPrefix(name, asidePrefix) {
+			d.log.Warn("LV left by an interrupted rename over an existing file: it is either the "+
+				"replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
+				slog.String("lv", name), slog.Any("tags", l.lvs[name].Tags))
+		}
+	}
+	return d, nil
+}
+
+// VG returns the volume group's name.
+func (d *Driver) VG() string { return d.cfg.VG }
+
+// ExtentSize is the VG's allocation unit in bytes.
+func (d *Driver) ExtentSize() int64 { return d.extent }
+
+// cached returns the cached listing if it is fresh enough.
+func (d *Driver) cached() *listing {
+	d.cacheMu.Lock()
+	defer d.cacheMu.Unlock()
+	if d.cache != nil && time.Since(d.cache.at) <= d.cfg.CacheTTL {
+		return d.cache
+	}
+	return nil
+}
+
+// invalidate drops the cached listing and space (after a change).
+func (d *Driver) invalidate() {
+	d.cacheMu.Lock()
+	d.cache = nil
+	d.gen++
+	d.cacheMu.Unlock()
+	d.spaceMu.Lock()
+	d.spaceAt = time.Time{}
+	d.spaceMu.Unlock()
+}
+
+// listing returns a listing no older than CacheTTL.
+func (d *Driver) listing(ctx context.Context) (*listing, error) {
+	if l := d.cached(); l != nil {
+		return l, nil
+	}
+	d.refreshMu.Lock()
+	defer d.refreshMu.Unlock()
+	if l := d.cached(); l != nil {
+		return l, nil // another caller refreshed while we waited
+	}
+	return d.refresh(ctx)
+}
+
+// refresh runs lvs and caches the result (unless the cache was
+// invalidated meanwhile).
+func (d *Driver) refresh(ctx context.Context) (*listing, error) {
+	d.cacheMu.Lock()
+	gen := d.gen
+	d.cacheMu.Unlock()
+	start := time.Now()
+	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG)
+	if err != nil {
+		return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
+	}
+	rows, err := ParseLVs(out)
+	if err != nil {
+		return nil, err
+	}
+	l := &listing{at: start, lvs: make(map[string]LV, len(rows))}
+	for _, lv := range rows {
+		l.lvs[lv.Name] = lv
+	}
+	d.cacheMu.Lock()
+	if d.gen == gen {
+		d.cache = l
+	}
+	d.cacheMu.Unlock()
+	return l, nil
+}
+
+// patch replaces one LV in the cached listing with a state the driver
+// knows exactly (after SetAttrs), keeping the listing's age.
+func (d *Driver) patch(lv LV) {
+	d.cacheMu.Lock()
+	defer d.cacheMu.Unlock()
+	d.gen++ // a refresh in flight may have read the old state
+	if d.cache == nil {
+		return
+	}
+	if _, ok := d.cache.lvs[lv.Name]; !ok {
+		return
+	}
+	l := &listing{at: d.cache.at, lvs: maps.Clone(d.cache.lvs)}
+	l.lvs[lv.Name] = lv
+	d.cache = l
+}
+
+// fileName returns the file name of lv if it is a file of this mount.
+func (d *Driver) fileName(lv LV) (string, bool) {
+	if !lv.Public() || slices.Contains(lv.Layout, "pool") || strings.HasSuffix(lv.SegType, "pool") {
+		return "", false
+	}
+	if d.cfg.Tag != "" && !slices.Contains(lv.Tags, d.cfg.Tag) {
+		return "", false
+	}
+	return volmap.DecodeName(lv.Name)
+}
+
+// volume converts a file LV to the volume model.
+func (d *Driver) volume(lv LV, file string) volmap.Volume {
+	v := volmap.Volume{Name: file, ID: lv.UUID, Size: lv.Size, Used: -1, Thin: lv.Thin()}
+	if v.Thin && lv.DataPercent >= 0 {
+		v.Used = int64(math.Round(float64(lv.Size) * lv.DataPercent / 100))
+	}
+	a, found, err := meta.DecodeTags(lv.Tags)
+	if err != nil {
+		d.warnOnce("tags:"+lv.UUID+err.Error(), "LV has malformed volfs tags; using default attributes",
+			slog.String("lv", lv.Name), slog.Any("err", err))
+		found = false
+	}
+	if !found {
+		a = DefaultAttrs()
+	}
+	v.Attrs = a
+	return v
+}
+
+// DefaultAttrs are the attributes of an LV that carries no volfs tags.
+func DefaultAttrs() meta.Attrs { return meta.Attrs{Mode: 0o600, Size: -1} }
+
+func (d *Driver) warnOnce(key, msg string, attrs ...any) {
+	if _, dup := d.warned.LoadOrStore(key, true); !dup {
+		d.log.Warn(msg, attrs...)
+	}
+}
+
+// file returns the LV of the file called name, or an error wrapping
+// ErrNotFound (or the name's encoding error).
+func (d *Driver) file(ctx context.Context, name string) (LV, error) {
+	lvName, err := volmap.EncodeName(name)
+	if err != nil {
+		return LV{}, err
+	}
+	l, err := d.listing(ctx)
+	if err != nil {
+		return LV{}, err
+	}
+	lv, ok := l.lvs[lvName]
+	if !ok {
+		return LV{}, fmt.Errorf("%s: no LV %s/%s: %w", name, d.cfg.VG, lvName, volmap.ErrNotFound)
+	}
+	if _, ok := d.fileName(lv); !ok {
+		return LV{}, fmt.Errorf("%s: LV %s/%s is not a file of this mount (role %v, segment type %s, tags %v): %w",
+			name, d.cfg.VG, lvName, lv.Role, lv.SegType, lv.Tags, volmap.ErrNotFound)
+	}
+	return lv, nil
+}
+
+// List returns every file of the mount, sorted by name.
+func (d *Driver) List(ctx context.Context) ([]volmap.Volume, error) {
+	l, err := d.listing(ctx)
+	if err != nil {
+		return nil, err
+	}
+	vols := make([]volmap.Volume, 0, len(l.lvs))
+	for _, lv := range l.lvs {
+		if file, ok := d.fileName(lv); ok {
+			vols = append(vols, d.volume(lv, file))
+		}
+	}
+	slices.SortFunc(vols, func(a, b volmap.Volume) int { return strings.Compare(a.Name, b.Name) })
+	return vols, nil
+}
+
+// Lookup returns the file called name.
+func (d *Driver) Lookup(ctx context.Context, name string) (volmap.Volume, error) {
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return volmap.Volume{}, err
+	}
+	return d.volume(lv, name), nil
+}
+
+// Open activates the file's LV if needed (with -K, so that thin snapshots,
+// which carry the activation-skip flag, activate too) and opens its device
+// with flag (O_CREAT, O_EXCL and O_TRUNC are dropped: they mean nothing
+// for an existing device node and O_CREAT could make a regular file in
+// /dev/mapper). The device is checked to be this LV before it is returned.
+func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, error) {
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !lv.Active {
+		if err := d.activate(ctx, lv); err != nil {
+			return nil, err
+		}
+	}
+	f, err := d.openDevice(lv, flag)
+	if err != nil && errors.Is(err, os.ErrNotExist) {
+		// The listing said active but the node is gone: deactivated by
+		// another tool since.
+		if aerr := d.activate(ctx, lv); aerr != nil {
+			return nil, errors.Join(err, aerr)
+		}
+		f, err = d.openDevice(lv, flag)
+	}
+	return f, err
+}
+
+func (d *Driver) activate(ctx context.Context, lv LV) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	if _, err := d.lvm.Run(ctx, "lvchange", "-ay", "-K", d.cfg.VG+"/"+lv.Name); err != nil {
+		return fmt.Errorf("activate %s/%s: %w", d.cfg.VG, lv.Name, err)
+	}
+	return nil
+}
+
+// SetAttrs stores a in the LV's volfs tags with one lvchange that removes
+// the tags that change and adds their new values; nothing runs when no tag
+// changes. The diff is made against the listing (at most CacheTTL old, and
+// always reread after the driver's own changes).
+func (d *Driver) SetAttrs(ctx context.Context, name string, a meta.Attrs) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return err
+	}
+	want := meta.EncodeTags(a)
+	var del, add []string
+	for _, t := range lv.Tags {
+		if meta.IsTag(t) && !slices.Contains(want, t) {
+			del = append(del, t)
+		}
+	}
+	for _, t := range want {
+		if !slices.Contains(lv.Tags, t) {
+			add = append(add, t)
+		}
+	}
+	if len(del) == 0 && len(add) == 0 {
+		return nil
+	}
+	var args []string
+	for _, t := range del {
+		args = append(args, "--deltag", t)
+	}
+	for _, t := range add {
+		args = append(args, "--addtag", t)
+	}
+	args = append(args, d.cfg.VG+"/"+lv.Name)
+	if _, err := d.lvm.Run(ctx, "lvchange", args...); err != nil {
+		d.invalidate()
+		return fmt.Errorf("set attributes of %s (%s/%s): %w", name, d.cfg.VG, lv.Name, err)
+	}
+	tags := slices.DeleteFunc(slices.Clone(lv.Tags), func(t string) bool { return slices.Contains(del, t) })
+	lv.Tags = append(tags, add...)
+	d.patch(lv)
+	return nil
+}
+
+// Space reports the thin pool's size and free space (size × (1 − data%))
+// when the driver creates thin volumes, the VG's otherwise. Cached like
+// the listing.
+func (d *Driver) Space(ctx context.Context) (volmap.Space, error) {
+	d.spaceMu.Lock()
+	defer d.spaceMu.Unlock()
+	if !d.spaceAt.IsZero() && time.Since(d.spaceAt) <= d.cfg.CacheTTL {
+		return d.space, nil
+	}
+	start := time.Now()
+	var s volmap.Space
+	if d.cfg.ThinPool != "" {
+		out, err := d.lvm.Report(ctx, "lvs", "lv_name,lv_size,data_percent", d.cfg.VG+"/"+d.cfg.ThinPool)
+		if err != nil {
+			return s, fmt.Errorf("space of thin pool %s/%s: %w", d.cfg.VG, d.cfg.ThinPool, err)
+		}
+		lvs, err := ParseLVs(out)
+		if err != nil {
+			return s, err
+		}
+		if len(lvs) != 1 {
+			return s, fmt.Errorf("space of thin pool %s/%s: lvs returned %d rows", d.cfg.VG, d.cfg.ThinPool, len(lvs))
+		}
+		used := max(lvs[0].DataPercent, 0)
+		s = volmap.Space{Total: lvs[0].Size, Free: int64(float64(lvs[0].Size) * (100 - used) / 100)}
+	} else {
+		out, err := d.lvm.Report(ctx, "vgs", vgFields, d.cfg.VG)
+		if err != nil {
+			return s, fmt.Errorf("space of %s: %w", d.cfg.VG, err)
+		}
+		vgs, err := ParseVGs(out)
+		if err != nil {
+			return s, err
+		}
+		if len(vgs) != 1 {
+			return s, fmt.Errorf("space of %s: vgs returned %d rows", d.cfg.VG, len(vgs))
+		}
+		s = volmap.Space{Total: vgs[0].Size, Free: vgs[0].Free}
+	}
+	d.space, d.spaceAt = s, start
+	return s, nil
+}

@@ -1,0 +1,333 @@
+package lvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/volfs/volfs/meta"
+	"github.com/volfs/volfs/volmap"
+)
+
+// undoTimeout bounds a rollback, which runs even when the caller's context
+// is cancelled.
+const undoTimeout = 2 * time.Minute
+
+// newLVName encodes a file name and checks that LVM can create it in the VG.
+func (d *Driver) newLVName(name string) (string, error) {
+	lv, err := volmap.EncodeName(name)
+	if err != nil {
+		return "", err
+	}
+	if err := volmap.CheckDMName(d.cfg.VG, lv); err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	return lv, nil
+}
+
+// roundUp returns size rounded up to whole extents, at least one extent.
+func (d *Driver) roundUp(size int64) (int64, error) {
+	if size <= 0 {
+		return d.extent, nil
+	}
+	n := size / d.extent
+	if size%d.extent != 0 {
+		n++
+	}
+	if n > (1<<63-1)/d.extent {
+		return 0, fmt.Errorf("size %d: %w", size, volmap.ErrNoSpace)
+	}
+	return n * d.extent, nil
+}
+
+func bytesArg(n int64) string { return strconv.FormatInt(n, 10) + "b" }
+
+// Create makes the LV of a new file of at least size bytes (rounded up to
+// whole extents) carrying the mount tag and a's tags, written by the same
+// lvcreate so that an LV never exists without them.
+//
+// Linear LVs are created with -Wy -Zy: LVM wipes any old signature it finds
+// (so blkid, udev and lvm itself do not take a stale filesystem, RAID or PV
+// header in reused extents for a real one) and zeroes the first 4 KiB. The
+// rest of a linear LV holds whatever the extents held before: callers must
+// not expose bytes they did not write (Volume.Thin is false). Thin LVs are
+// created with -Wn (they read as zeros, there is nothing to wipe); -Z is a
+// pool property and lvcreate refuses it for thin volumes.
+func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Attrs) (volmap.Volume, error) {
+	lvName, err := d.newLVName(name)
+	if err != nil {
+		return volmap.Volume{}, err
+	}
+	bytes, err := d.roundUp(size)
+	if err != nil {
+		return volmap.Volume{}, err
+	}
+	args := []string{"-n", lvName}
+	if d.cfg.ThinPool != "" {
+		args = append(args, "-V", bytesArg(bytes), "--thinpool", d.cfg.ThinPool, "-Wn")
+	} else {
+		args = append(args, "-L", bytesArg(bytes), "-Wy", "-Zy")
+	}
+	args = append(args, "--addtag", d.tag)
+	for _, t := range meta.EncodeTags(a) {
+		args = append(args, "--addtag", t)
+	}
+	args = append(args, d.cfg.VG)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, err = d.lvm.Run(ctx, "lvcreate", args...)
+	d.invalidate()
+	if err != nil {
+		err = fmt.Errorf("create %s (%s/%s, %d bytes): %w", name, d.cfg.VG, lvName, bytes, err)
+		// LVM checks names and space before it writes anything; for
+		// other failures (activation, wiping, a cancelled command) the
+		// LV may exist.
+		if !errors.Is(err, volmap.ErrExists) && !errors.Is(err, volmap.ErrNoSpace) &&
+			!errors.Is(err, volmap.ErrInvalidName) && !errors.Is(err, volmap.ErrNameTooLong) {
+			err = errors.Join(err, d.undoCreate(ctx, lvName))
+		}
+		return volmap.Volume{}, err
+	}
+	// Read the new LV (its UUID) with a full listing, which then serves
+	// the lookups that follow a create.
+	l, err := d.refresh(ctx)
+	if err == nil {
+		lv, ok := l.lvs[lvName]
+		if _, isFile := d.fileName(lv); ok && isFile {
+			return d.volume(lv, name), nil
+		}
+		err = fmt.Errorf("created LV %s/%s is missing or not a file of this mount: %+v", d.cfg.VG, lvName, lv)
+	}
+	err = errors.Join(fmt.Errorf("create %s: %w", name, err), d.undoCreate(ctx, lvName))
+	d.invalidate()
+	return volmap.Volume{}, err
+}
+
+// readLV runs lvs for one LV.
+func (d *Driver) readLV(ctx context.Context, lvName string) (LV, error) {
+	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG+"/"+lvName)
+	if err != nil {
+		return LV{}, fmt.Errorf("read LV %s/%s: %w", d.cfg.VG, lvName, err)
+	}
+	lvs, err := ParseLVs(out)
+	if err != nil {
+		return LV{}, err
+	}
+	if len(lvs) != 1 || lvs[0].Name != lvName {
+		return LV{}, fmt.Errorf("read LV %s/%s: lvs returned %d rows: %w", d.cfg.VG, lvName, len(lvs), volmap.ErrNotFound)
+	}
+	return lvs[0], nil
+}
+
+// undoCreate removes the LV a failed Create may have left, if it exists
+// and carries the mount tag. It runs even if ctx is cancelled.
+func (d *Driver) undoCreate(ctx context.Context, lvName string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	lv, err := d.readLV(ctx, lvName)
+	if errors.Is(err, volmap.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("rollback: cannot tell whether %s/%s was left behind: %w", d.cfg.VG, lvName, err)
+	}
+	if !slices.Contains(lv.Tags, d.tag) {
+		return nil // not ours
+	}
+	if _, err := d.lvm.Run(ctx, "lvremove", d.cfg.VG+"/"+lvName); err != nil {
+		return fmt.Errorf("rollback: half-created LV %s/%s left behind: %w", d.cfg.VG, lvName, err)
+	}
+	d.log.Info("removed half-created LV", slog.String("lv", lvName))
+	return nil
+}
+
+// Remove removes the file's LV (lvremove deactivates it first). An LV that
+// is open elsewhere is not removed: the error wraps ErrInUse and names
+// what holds it when that can be found (processes, mounts, stacked
+// devices, loop devices).
+func (d *Driver) Remove(ctx context.Context, name string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return err
+	}
+	return d.remove(ctx, name, lv.Name)
+}
+
+func (d *Driver) remove(ctx context.Context, name, lvName string) error {
+	_, err := d.lvm.Run(ctx, "lvremove", d.cfg.VG+"/"+lvName)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, volmap.ErrInUse) {
+		return fmt.Errorf("remove %s (%s/%s): the volume is open: %s: %w",
+			name, d.cfg.VG, lvName, holders(d.devPath(lvName)), err)
+	}
+	return fmt.Errorf("remove %s (%s/%s): %w", name, d.cfg.VG, lvName, err)
+}
+
+// Rename renames the file's LV. It fails with ErrExists when an LV called
+// newName exists (lvrename cannot replace; see Replace).
+func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
+	newLV, err := d.newLVName(newName)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	lv, err := d.file(ctx, oldName)
+	if err != nil {
+		return err
+	}
+	if lv.Name == newLV {
+		return nil
+	}
+	return d.rename(ctx, lv.Name, newLV)
+}
+
+func (d *Driver) rename(ctx context.Context, from, to string) error {
+	if _, err := d.lvm.Run(ctx, "lvrename", d.cfg.VG, from, to); err != nil {
+		return fmt.Errorf("rename %s/%s to %s: %w", d.cfg.VG, from, to, err)
+	}
+	return nil
+}
+
+// Replace renames oldName to newName, replacing the file newName if it
+// exists (rename(2) over an existing file). lvrename cannot overwrite, so:
+//
+//  1. the target LV is renamed aside, to a hidden name (volmap.HiddenName:
+//     "+2Fvolfs-aside-XXXXXXXX", never shown as a file);
+//  2. oldName's LV is renamed to newName;
+//  3. the aside LV is removed.
+//
+// If step 2 fails, step 1 is undone; if step 3 fails (the target is open
+// elsewhere: ErrInUse), steps 2 and 1 are undone, so a failed Replace
+// leaves both files as they were.
+//
+// Crash window: a crash (or a failed undo) between 1 and 2 leaves the
+// target under the aside name and newName missing; between 2 and 3 it
+// leaves the replaced data under the aside name. Nothing is lost either
+// way; New logs such leftovers so that an operator can rename or remove
+// them (lvs shows them with their volfs tags).
+func (d *Driver) Replace(ctx context.Context, oldName, newName string) error {
+	dstLV, err := d.newLVName(newName)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	src, err := d.file(ctx, oldName)
+	if err != nil {
+		return err
+	}
+	l, err := d.listing(ctx)
+	if err != nil {
+		return err
+	}
+	dst, exists := l.lvs[dstLV]
+	if !exists {
+		return d.rename(ctx, src.Name, dstLV)
+	}
+	if _, ok := d.fileName(dst); !ok {
+		return fmt.Errorf("replace %s: LV %s/%s exists and is not a file of this mount: %w",
+			newName, d.cfg.VG, dstLV, volmap.ErrExists)
+	}
+	if dst.UUID == src.UUID {
+		return nil
+	}
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	aside, err := volmap.HiddenName(asideLabel + hex.EncodeToString(rnd[:]))
+	if err == nil {
+		err = volmap.CheckDMName(d.cfg.VG, aside)
+	}
+	if err != nil {
+		return fmt.Errorf("replace %s: temporary name: %w", newName, err)
+	}
+	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+
+	if err := d.rename(ctx, dst.Name, aside); err != nil {
+		return fmt.Errorf("replace %s: move target aside: %w", newName, err)
+	}
+	if err := d.rename(ctx, src.Name, dst.Name); err != nil {
+		return errors.Join(fmt.Errorf("replace %s: %w", newName, err),
+			d.undoStep(undoCtx, aside, dst.Name))
+	}
+	if err := d.remove(ctx, newName+" (replaced)", aside); err != nil {
+		return errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
+			d.undoStep(undoCtx, dst.Name, src.Name), d.undoStep(undoCtx, aside, dst.Name))
+	}
+	return nil
+}
+
+// undoStep renames back during a rollback, logging what it cannot undo.
+func (d *Driver) undoStep(ctx context.Context, from, to string) error {
+	if err := d.rename(ctx, from, to); err != nil {
+		d.log.Error("rollback failed: an LV keeps a temporary name", slog.String("lv", from),
+			slog.String("should_be", to), slog.Any("err", err))
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}
+
+// Resize changes the file's LV to size bytes rounded up to whole extents
+// (at least one) and returns the new size. Shrinking is allowed (-f): the
+// caller decides. lvm2 >= 2.03.17 would check a filesystem it finds in
+// the LV; "--fs ignore" is passed where lvresize knows it, since the bytes
+// of a file are not ours to interpret.
+func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, error) {
+	target, err := d.roundUp(size)
+	if err != nil {
+		return 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	if lv.Size == target {
+		return target, nil
+	}
+	defer d.invalidate()
+	args := append([]string{"-f", "-L", bytesArg(target)}, d.resizeFSArgs(ctx)...)
+	args = append(args, d.cfg.VG+"/"+lv.Name)
+	if _, err := d.lvm.Run(ctx, "lvresize", args...); err != nil {
+		var ce *CmdError
+		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "matches existing size") {
+			return target, nil // the listing was stale
+		}
+		return 0, fmt.Errorf("resize %s (%s/%s) from %d to %d bytes: %w", name, d.cfg.VG, lv.Name, lv.Size, target, err)
+	}
+	return target, nil
+}
+
+// resizeFSArgs returns "--fs ignore" if this lvresize has --fs.
+func (d *Driver) resizeFSArgs(ctx context.Context) []string {
+	d.resizeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		help, err := d.lvm.help(ctx, "lvresize")
+		if err != nil {
+			d.log.Warn("cannot read lvresize --help; not passing --fs", slog.Any("err", err))
+			return
+		}
+		if strings.Contains(help, "--fs ") {
+			d.resizeArgs = []string{"--fs", "ignore"}
+		}
+	})
+	return d.resizeArgs
+}
