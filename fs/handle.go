@@ -286,8 +286,17 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if flags&fsyncDataOnly != 0 && !n.sizeChangedLocked() {
+		// fdatasync (what qemu's flushes are) promises the data and what
+		// is needed to read it back: the size, not the mtime. Writing
+		// attributes on every flush would cost a metadata commit each.
+		return 0
+	}
 	return n.persistLocked(ctx)
 }
+
+// fsyncDataOnly is FUSE_FSYNC_FDATASYNC.
+const fsyncDataOnly = 1
 
 // Release closes a handle. The last one persists attributes, gives back
 // what geometric growth took, and closes the device.
@@ -310,7 +319,11 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 		}
 		d.close()
 	}
-	if n.pending && !n.gone {
+	if n.gone {
+		n.purgeLocked(ctx)
+		return errno
+	}
+	if n.pending {
 		// `touch` makes a file that outlives the mount.
 		sz := max(n.size.Load(), 1)
 		if e := n.createLocked(ctx, sz, sz); e != 0 {

@@ -32,6 +32,9 @@ type Image struct {
 	vol     volmap.Volume // as the driver last described it
 	pending bool          // created, no volume yet
 	gone    bool          // unlinked
+	// detached is the driver's token for the volume of a file removed
+	// while open; the volume is purged on last close.
+	detached string
 	attrs   meta.Attrs    // in memory; attrs.Size is unused (see size)
 	saved   meta.Attrs    // what the driver has persisted
 	devSize int64         // the device's size in bytes
@@ -113,6 +116,44 @@ func (n *Image) unlinked() {
 	n.gone = true
 	n.pending = false
 	n.mu.Unlock()
+}
+
+// detach removes the name of a file that is still open, keeping its volume
+// until the last handle closes (as a file system keeps an unlinked inode).
+// It reports whether it did.
+func (n *Image) detach(ctx context.Context) bool {
+	dt, ok := n.root.drv.(volmap.Detacher)
+	if !ok {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.opens == 0 || n.gone {
+		return false
+	}
+	// What is only in memory belongs to a file that no longer exists.
+	n.written.Store(false)
+	token, err := dt.Detach(ctx, n.name)
+	if err != nil {
+		n.root.log.Warn("could not keep a removed file open until its last close; removing it now",
+			slog.String("volume", n.name), slog.Any("err", err))
+		return false
+	}
+	n.detached = token
+	n.gone = true
+	return true
+}
+
+// purgeLocked destroys the volume of a file removed while open.
+func (n *Image) purgeLocked(ctx context.Context) {
+	if n.detached == "" {
+		return
+	}
+	if err := n.root.drv.(volmap.Detacher).Purge(ctx, n.detached); err != nil {
+		n.root.log.Warn("removing the volume of a deleted file failed; volfs retries at its next start",
+			slog.String("volume", n.name), slog.String("token", n.detached), slog.Any("err", err))
+	}
+	n.detached = ""
 }
 
 // OnForget drops the node from the root's table when the kernel forgets it.
@@ -378,6 +419,16 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	}
 	n.saved = a
 	return 0
+}
+
+// sizeChangedLocked reports whether the logical size differs from the one
+// persisted.
+func (n *Image) sizeChangedLocked() bool {
+	size := n.size.Load()
+	if n.saved.Size >= 0 {
+		return size != n.saved.Size
+	}
+	return size != n.devSize
 }
 
 // closeDevices closes the fds of an image about to be removed.

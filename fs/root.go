@@ -235,9 +235,13 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 	r.mu.Lock()
 	n := r.nodes[inoOf(v.Identity())]
 	r.mu.Unlock()
+	if n != nil && n.detach(ctx) {
+		return 0
+	}
 	if n != nil {
-		// volfs's own open handles never block a remove: close the
-		// device fds first; handles still open then fail with EIO.
+		// Without a way to keep the volume until the last close, volfs's
+		// own open handles still never block a remove: their device fds
+		// are closed first and they fail with ESTALE from then on.
 		n.closeDevices()
 	}
 	if err := rm.Remove(ctx, name); err != nil {

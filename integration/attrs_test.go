@@ -180,3 +180,43 @@ func TestDeviceFilesCannotChangeShape(t *testing.T) {
 		t.Errorf("statfs: %d blocks of %d, %v", sfs.Blocks, sfs.Bsize, err)
 	}
 }
+
+// fdatasync flushes data only: what qemu calls on every guest flush must not
+// rewrite attributes each time. fsync persists them.
+func TestFdatasyncLeavesAttributes(t *testing.T) {
+	m, dev := setup(t, 16<<20)
+	p := m.path(dev)
+	if err := os.Chmod(p, 0o640); err != nil { // creates the state file
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(m.state, "*", "*.json"))
+	if len(files) != 1 {
+		t.Fatalf("state files: %v", files)
+	}
+	before, err := os.Stat(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i := range 50 {
+		if _, err := f.WriteAt([]byte("data"), int64(i)*4096); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after, err := os.Stat(files[0]); err != nil || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("fdatasync rewrote the state file (%v -> %v, %v)", before.ModTime(), after.ModTime(), err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(files[0]); err != nil || after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("fsync after writes did not persist the new mtime (%v)", err)
+	}
+}

@@ -141,8 +141,17 @@ func TestForegroundSIGTERM(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("server after SIGTERM: %v\n%s", err, out.String())
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("server after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("server still running 20 s after SIGTERM:\n%s", out.String())
 	}
 	if ok, _ := isMounted(mnt); ok {
 		t.Fatal("still mounted after SIGTERM")

@@ -77,6 +77,16 @@ type Replacer interface {
 	Replace(ctx context.Context, oldName, newName string) error
 }
 
+// Detacher takes a volume out of the file namespace without destroying it,
+// for a file removed while volfs still has it open (a running VM's disk):
+// as with any file system, the bytes stay reachable through the open
+// handles until the last one closes, and then Purge destroys the volume.
+// Detached volumes that outlive their server are the driver's to clean up.
+type Detacher interface {
+	Detach(ctx context.Context, name string) (token string, err error)
+	Purge(ctx context.Context, token string) error
+}
+
 // NameChecker validates a file name before anything is created under it,
 // so a bad name fails at open(O_CREAT) and not at the first write.
 type NameChecker interface {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"github.com/volfs/volfs/volmap"
+	"github.com/volfs/volfs/volmap/lvm"
 )
 
 func newLVMDriver(ctx context.Context, c *mountCmd, log *slog.Logger) (volmap.Driver, error) {
-	return nil, errors.New("--vg: the LVM driver is not built yet")
+	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log})
 }

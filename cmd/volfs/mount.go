@@ -222,6 +222,12 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	if err != nil {
 		return err
 	}
+	// Catch SIGTERM before the mount exists: a server killed while one of
+	// its own threads waits on its mount (go-fuse checks the new mount
+	// through it) can never finish exiting.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
 	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther})
 	if err != nil {
@@ -232,8 +238,6 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	_ = os.WriteFile(pidFile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644)
 	defer os.Remove(pidFile)
 
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		for s := range sigs {
 			log.Info("unmounting on signal", slog.String("signal", s.String()))

@@ -100,6 +100,10 @@ type listing struct {
 // volmap.HiddenName makes it an LV name that never decodes as a file.
 const asideLabel = "volfs-aside-"
 
+// deletedLabel names the LV of a file removed while it was still open
+// (Detach); it is removed when the last handle closes (Purge).
+const deletedLabel = "volfs-deleted-"
+
 // New checks that the VG (and the thin pool, if configured) exist and
 // returns a driver for it.
 func New(ctx context.Context, cfg Config) (*Driver, error) {
@@ -157,7 +161,18 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 	}
 	asidePrefix, _ := volmap.HiddenName(asideLabel)
+	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
+		if strings.HasPrefix(name, deletedPrefix) && slices.Contains(l.lvs[name].Tags, d.tag) {
+			// A file removed while open, whose server stopped before
+			// the last close: the removal completes now.
+			d.log.Info("removing the LV of a file deleted while open", slog.String("lv", name))
+			if err := d.Purge(ctx, name); err != nil {
+				d.log.Warn("could not remove the LV of a deleted file; remove it with lvremove",
+					slog.String("lv", name), slog.Any("err", err))
+			}
+			continue
+		}
 		if strings.HasPrefix(name, asidePrefix) {
 			d.log.Warn("LV left by an interrupted rename over an existing file: it is either the "+
 				"replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",

@@ -331,3 +331,42 @@ func (d *Driver) resizeFSArgs(ctx context.Context) []string {
 	})
 	return d.resizeArgs
 }
+
+// Detach renames a file's LV to a hidden name that no file decodes to, so
+// the name is free while volfs's open handles keep using the device
+// (renaming an active LV renames its device-mapper device; open fds stay
+// valid). The token is the hidden LV name.
+func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	hidden, err := volmap.HiddenName(deletedLabel + hex.EncodeToString(rnd[:]))
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	defer d.invalidate()
+	if err := d.rename(ctx, lv.Name, hidden); err != nil {
+		return "", fmt.Errorf("remove %s while open: %w", name, err)
+	}
+	return hidden, nil
+}
+
+// Purge removes an LV that Detach hid. It refuses any other LV.
+func (d *Driver) Purge(ctx context.Context, token string) error {
+	prefix, _ := volmap.HiddenName(deletedLabel)
+	if !strings.HasPrefix(token, prefix) {
+		return fmt.Errorf("purge %q: %w: not a detached volume", token, volmap.ErrInvalidName)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	if _, err := d.lvm.Run(ctx, "lvremove", d.cfg.VG+"/"+token); err != nil {
+		return fmt.Errorf("remove the LV of a deleted file %s/%s: %w", d.cfg.VG, token, err)
+	}
+	return nil
+}

@@ -11,7 +11,7 @@ import (
 
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
-	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor"
+	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards"
 
 // vgFields are the vgs columns the driver reads.
 const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
@@ -38,6 +38,11 @@ type LV struct {
 	SkipActivation bool
 	// KernelMajor and KernelMinor are the device numbers, -1 if inactive.
 	KernelMajor, KernelMinor int64
+	// ChunkSize is a thin pool's allocation unit in bytes (0 otherwise).
+	ChunkSize int64
+	// Discards is a thin pool's discard mode: "passdown", "nopassdown" or
+	// "ignore" (a pool that ignores discards never unmaps).
+	Discards string
 }
 
 // Hidden reports whether the LV is one LVM hides (lvs -a shows it in
@@ -86,6 +91,8 @@ func ParseLVs(data []byte) ([]LV, error) {
 			SkipActivation: p.str("lv_skip_activation") != "",
 			KernelMajor:    p.int("lv_kernel_major", -1),
 			KernelMinor:    p.int("lv_kernel_minor", -1),
+			ChunkSize:      p.int("chunk_size", 0),
+			Discards:       p.str("discards"),
 		}
 		if len(lv.Attr) >= 5 {
 			lv.Active = lv.Attr[4] == 'a'

@@ -1,0 +1,73 @@
+# Renders bench/run.sh's records ($r: one object per measurement: rep, dev,
+# side, job, metric, value) as one markdown table: per device and job row,
+# each side's median (min–max) and its ratio to raw's median.
+
+def rows: [
+  ["seqread", "MBps", "1M seq read, libaio QD16", "MB/s"],
+  ["seqwrite", "MBps", "1M seq write, libaio QD16", "MB/s"],
+  ["randread32", "kIOPS", "4k rand read, libaio QD32", "kIOPS"],
+  ["randwrite32", "kIOPS", "4k rand write, libaio QD32", "kIOPS"],
+  ["randread32u", "kIOPS", "4k rand read, io_uring QD32", "kIOPS"],
+  ["randwrite32u", "kIOPS", "4k rand write, io_uring QD32", "kIOPS"],
+  ["randread1", "lat_mean_us", "4k rand read QD1, mean", "µs ↓"],
+  ["randread1", "lat_p99_us", "4k rand read QD1, p99", "µs ↓"],
+  ["randwrite1", "lat_mean_us", "4k rand write QD1, mean", "µs ↓"],
+  ["randwrite1", "lat_p99_us", "4k rand write QD1, p99", "µs ↓"],
+  ["syncwrite1", "IOPS", "4k rand write QD1 + fdatasync", "IOPS"],
+  ["syncwrite1", "sync_p99_us", "4k rand write QD1 + fdatasync: fdatasync p99", "µs ↓"],
+  ["bufread", "MBps", "buffered seq read (one pass)", "MB/s"],
+  ["cpin", "MBps", "cp 1 GiB image in", "MB/s"],
+  ["cpout", "MBps", "cp image out", "MB/s"],
+  ["cvin", "MBps", "qemu-img convert in", "MB/s"],
+  ["cvout", "MBps", "qemu-img convert out", "MB/s"]
+];
+def sides: ["raw", "volfs", "qsd", "ext4", "ext4s"];
+def side_names: ["raw device", "volfs", "qemu-storage-daemon", "ext4 prealloc", "ext4 sparse"];
+def devs: ["shm", "disk"];
+
+def median: sort | if length == 0 then null
+  elif length % 2 == 1 then .[length / 2 | floor]
+  else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+def fmt: if . == null then "—"
+  elif . >= 100 then (round | tostring)
+  elif . >= 10 then ((. * 10 | round) / 10 | tostring)
+  else ((. * 100 | round) / 100 | tostring) end;
+def fmtratio: ((. * 100 | round) / 100 | tostring) as $s
+  | ($s | if test("\\.") then . else . + ".0" end) as $s
+  | ($s | if test("\\.[0-9]$") then . + "0" else . end) + "×";
+
+def vals($dev; $side; $job; $metric):
+  [$r[] | select(.dev == $dev and .side == $side and .job == $job and .metric == $metric) | .value];
+def failed($dev; $side; $job):
+  any($r[]; .dev == $dev and .side == $side and .job == $job and .metric == "fail");
+def rng($v): if ($v | length) > 1 then " (\($v | min | fmt)–\($v | max | fmt))" else "" end;
+
+def cell($dev; $side; $job; $metric; $raw; $secs):
+  vals($dev; $side; $job; $metric) as $v
+  | if ($v | length) == 0 then (if failed($dev; $side; $job) then "FAIL" else "" end)
+    else ($v | median) as $m
+    | "\($m | fmt)\(rng($v))"
+      + (if $side != "raw" and $raw != null and $raw != 0 then " \($m / $raw | fmtratio)" else "" end)
+      + (if $secs then " [\(vals($dev; $side; $job; "s") | median | fmt) s]" else "" end)
+      + (if failed($dev; $side; $job) then " (some FAILED)" else "" end)
+    end;
+
+def cpu($dev; $side; $job; $first):
+  if $first | not then ""
+  else vals($dev; $side; $job; "cpu_ms_per_GiB") as $v
+    | if ($v | length) == 0 then "" else "\($v | median | fmt)\(rng($v))" end
+  end;
+
+"| device | job | unit | " + (side_names | join(" | ")) + " | volfs server CPU ms/GiB | qsd CPU ms/GiB |",
+"|---|---|---|" + ([sides[] | "---:"] | join("|")) + "|---:|---:|",
+(devs[] as $dev
+  | rows as $rows
+  | range(0; $rows | length) as $i
+  | $rows[$i] as [$job, $metric, $lbl, $unit]
+  | select(any($r[]; .dev == $dev and .job == $job and (.metric == $metric or .metric == "fail")))
+  | ($i == 0 or $rows[$i - 1][0] != $job) as $first
+  | (vals($dev; "raw"; $job; $metric) | median) as $raw
+  | ($job | test("^(cp|cv)")) as $secs
+  | "| \($dev) | \($lbl) | \($unit) | "
+    + ([sides[] as $side | cell($dev; $side; $job; $metric; $raw; $secs)] | join(" | "))
+    + " | \(cpu($dev; "volfs"; $job; $first)) | \(cpu($dev; "qsd"; $job; $first)) |")
