@@ -35,10 +35,10 @@ type Image struct {
 	// detached is the driver's token for the volume of a file removed
 	// while open; the volume is purged on last close.
 	detached string
-	attrs   meta.Attrs    // in memory; attrs.Size is unused (see size)
-	saved   meta.Attrs    // what the driver has persisted
-	devSize int64         // the device's size in bytes
-	opens   int           // open handles
+	attrs    meta.Attrs // in memory; attrs.Size is unused (see size)
+	saved    meta.Attrs // what the driver has persisted
+	devSize  int64      // the device's size in bytes
+	opens    int        // open handles
 
 	// size is the logical size: reads stop there. Written under mu, read
 	// without it on the data path.
