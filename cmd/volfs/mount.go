@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -33,6 +35,7 @@ type mountCmd struct {
 	debug      bool
 	logFile    string
 	allowOther bool
+	cpuProfile string
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -72,6 +75,8 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.BoolVar(&c.debug, "debug", false, "log every FUSE request")
 	f.StringVar(&c.logFile, "log-file", "/var/log/volfs.log", "where the background server logs")
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
+	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
+	_ = f.MarkHidden("cpu-profile")
 	return cmd
 }
 
@@ -217,6 +222,13 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		}()
 	}
 	log := c.logger().With(slog.String("mount", mnt))
+	if os.Getenv("GOMAXPROCS") == "" {
+		// Every request blocks its thread in a device syscall; with only
+		// one P per core, runnable request goroutines wait until the
+		// runtime takes a P back from a blocked thread. More Ps than cores
+		// keep them running (measured: +25-50% IOPS at queue depth 32).
+		runtime.GOMAXPROCS(max(16, 8*runtime.NumCPU()))
+	}
 	ctx := context.Background()
 	drv, err := c.driver(ctx, log)
 	if err != nil {
@@ -247,6 +259,13 @@ func (c *mountCmd) serve(mnt string) (err error) {
 			}
 		}
 	}()
+	if c.cpuProfile != "" {
+		if stop, err := startCPUProfile(c.cpuProfile); err != nil {
+			log.Warn("no CPU profile", slog.Any("err", err))
+		} else {
+			defer stop()
+		}
+	}
 	log.Info("serving", slog.String("version", version), slog.Bool("read_only", c.readOnly))
 	if ready != nil {
 		fmt.Fprint(ready, "ok")
@@ -265,6 +284,19 @@ func (c *mountCmd) driver(ctx context.Context, log *slog.Logger) (volmap.Driver,
 		return newLVMDriver(ctx, c, log)
 	}
 	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log})
+}
+
+// startCPUProfile profiles the server, for `make bench` investigations.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // sdNotify tells systemd (Type=notify) that the mount is ready.
