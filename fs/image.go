@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -39,6 +41,10 @@ type Image struct {
 	saved    meta.Attrs // what the driver has persisted
 	devSize  int64      // the device's size in bytes
 	opens    int        // open handles
+	// changed is the root's epoch after this node last changed its volume
+	// through the driver (create, resize, attributes, rename). A driver
+	// description read before that is older than the node's own state.
+	changed uint64
 
 	// size is the logical size: reads stop there. Written under mu, read
 	// without it on the data path.
@@ -85,29 +91,51 @@ func (n *Image) load(v volmap.Volume) {
 	n.attrs = v.Attrs.Clone()
 	n.saved = v.Attrs.Clone()
 	n.devSize = v.Size
-	if v.Attrs.Size >= 0 {
+	if v.Attrs.Size >= 0 && v.Attrs.Size <= v.Size {
 		n.size.Store(v.Attrs.Size)
 	} else {
+		// Nothing recorded, or a recorded size the device cannot hold
+		// (reduced by another tool): the device's size.
 		n.size.Store(v.Size)
 	}
 }
 
 // refresh updates an idle node from the driver, so changes made by other
 // tools (lvextend, lvchange --addtag) show; an open node keeps its own state.
-func (n *Image) refresh(v volmap.Volume) {
+// since is the root's epoch before v was read: a description read before
+// the node's own last change is stale (a lookup racing with the release
+// that trims the volume and records the size) and is ignored, else it
+// would undo that change in memory and a later close would act on it.
+func (n *Image) refresh(v volmap.Volume, since uint64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.changed > since {
+		return
+	}
 	n.name = v.Name
-	if n.opens == 0 && !n.pending && !n.written.Load() {
-		n.load(v)
-	} else {
+	switch {
+	case n.opens > 0 || n.pending || n.written.Load():
 		n.vol.Used = v.Used
+	case v.Size != n.devSize:
+		// Resized by another tool (lvextend, lvreduce): the file is as
+		// large as the volume now, whatever size volfs recorded.
+		n.root.log.Info("volume resized outside volfs; the file takes its size",
+			slog.String("volume", v.Name), slog.Int64("was", n.devSize), slog.Int64("size", v.Size))
+		v.Attrs.Size = -1
+		n.load(v)
+	default:
+		n.load(v)
 	}
 }
+
+// changedLocked records that the node changed its volume through the
+// driver (see changed).
+func (n *Image) changedLocked() { n.changed = n.root.epoch.Add(1) }
 
 func (n *Image) setName(name string) {
 	n.mu.Lock()
 	n.name = name
+	n.changedLocked()
 	n.mu.Unlock()
 }
 
@@ -120,28 +148,50 @@ func (n *Image) unlinked() {
 
 // detach removes the name of a file that is still open, keeping its volume
 // until the last handle closes (as a file system keeps an unlinked inode).
-// It reports whether it did.
-func (n *Image) detach(ctx context.Context) bool {
+// It reports whether it did; a non-zero errno means the name must stay (the
+// volume is in use outside volfs).
+func (n *Image) detach(ctx context.Context) (bool, syscall.Errno) {
 	dt, ok := n.root.drv.(volmap.Detacher)
 	if !ok {
-		return false
+		return false, 0
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.opens == 0 || n.gone {
-		return false
+		return false, 0
 	}
-	// What is only in memory belongs to a file that no longer exists.
-	n.written.Store(false)
 	token, err := dt.Detach(ctx, n.name)
+	n.changedLocked()
+	if errors.Is(err, volmap.ErrInUse) {
+		return false, n.root.toErrno("remove", n.name, err)
+	}
 	if err != nil {
 		n.root.log.Warn("could not keep a removed file open until its last close; removing it now",
 			slog.String("volume", n.name), slog.Any("err", err))
-		return false
+		return false, 0
 	}
 	n.detached = token
 	n.gone = true
-	return true
+	return true, 0
+}
+
+// reattach undoes detach under name (a rename over the open file failed
+// after its volume was detached).
+func (n *Image) reattach(ctx context.Context, name string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.detached == "" {
+		return nil
+	}
+	err := n.root.drv.(volmap.Detacher).Reattach(ctx, n.detached, name)
+	n.changedLocked()
+	if err != nil {
+		return err
+	}
+	n.detached = ""
+	n.gone = false
+	n.name = name
+	return nil
 }
 
 // purgeLocked destroys the volume of a file removed while open.
@@ -260,6 +310,14 @@ func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 			return errno
 		}
 	}
+	if size < cur && n.vol.Thin && !n.pending {
+		// What is cut off a thin file goes back to the pool (the zeroing
+		// of a thin volume unmaps whole chunks), so st_blocks and the
+		// pool's usage shrink with the file.
+		if errno := n.zeroLocked(ctx, size, cur-size); errno != 0 {
+			return errno
+		}
+	}
 	n.size.Store(size)
 	now := time.Now()
 	n.attrs.Mtime, n.attrs.Ctime = now, now
@@ -293,6 +351,7 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 			slog.String("volume", n.name), slog.Int64("wanted", want), slog.Int64("needed", need), slog.Any("err", err))
 		got, err = rs.Resize(ctx, n.name, need)
 	}
+	n.changedLocked()
 	if err != nil {
 		return n.root.toErrno("resize", n.name, err)
 	}
@@ -310,8 +369,25 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 	if err != nil && want > need {
 		v, err = cr.Create(ctx, n.name, need, a)
 	}
+	n.changedLocked()
 	if err != nil {
-		return n.root.toErrno("create", n.name, err)
+		errno := n.root.toErrno("create", n.name, err)
+		if n.opens == 0 {
+			// The last close of a file that never got a volume (a full
+			// VG): nothing holds it any more and it cannot be created,
+			// so it leaves the directory instead of being listed, empty
+			// and unwritable, until unmount.
+			n.root.log.Warn("file closed without a volume, dropped",
+				slog.String("volume", n.name), slog.String("errno", errno.Error()))
+			n.root.mu.Lock()
+			if n.root.pending[n.name] == n {
+				delete(n.root.pending, n.name)
+			}
+			n.root.mu.Unlock()
+			n.pending = false
+			n.gone = true
+		}
+		return errno
 	}
 	n.vol = v
 	n.devSize = v.Size
@@ -349,6 +425,7 @@ func (n *Image) trimLocked(ctx context.Context) {
 		return
 	}
 	got, err := rs.Resize(ctx, n.name, max(size, 1))
+	n.changedLocked()
 	if err != nil {
 		n.root.log.Warn("trimming the volume to the file size failed; it keeps its extra space",
 			slog.String("volume", n.name), slog.Int64("size", size), slog.Any("err", err))
@@ -372,14 +449,58 @@ func (n *Image) zeroLocked(ctx context.Context, off, length int64) syscall.Errno
 	return n.zeroFile(ctx, f, off, length)
 }
 
+// zeroFile zeroes [off, off+length) of the device open as f. A block
+// device zeroes (or unmaps) only whole logical blocks (fallocate answers
+// EINVAL otherwise), and a file's size is any byte count: a partial block
+// at either end is read, cleared and written back.
 func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) syscall.Errno {
+	if length <= 0 {
+		return 0
+	}
+	end := off + length
+	bs := int64(512)
+	if b, err := volmap.LogicalBlockSize(f); err == nil && b > 0 && b <= bufAlign {
+		bs = int64(b)
+	}
+	head := min((off+bs-1)/bs*bs, end)
+	tail := max(end/bs*bs, head)
+	if head > off {
+		if err := zeroPartial(f, off, head-off, bs); err != nil {
+			return n.root.toErrno("zero range", n.name, err)
+		}
+	}
+	if tail < end {
+		if err := zeroPartial(f, tail, end-tail, bs); err != nil {
+			return n.root.toErrno("zero range", n.name, err)
+		}
+	}
+	if tail <= head {
+		return 0
+	}
 	var err error
 	if z, ok := n.root.drv.(volmap.Zeroer); ok {
-		err = z.Zero(ctx, n.name, f, off, length)
+		err = z.Zero(ctx, n.name, f, head, tail-head)
 	} else {
-		err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, head, tail-head)
 	}
 	return n.root.toErrno("zero range", n.name, err)
+}
+
+// zeroPartial zeroes [off, off+length), which lies inside one logical
+// block of bs bytes, by rewriting that block (f may be opened O_DIRECT:
+// the buffer is aligned and the I/O is one whole block).
+func zeroPartial(f *os.File, off, length, bs int64) error {
+	blk := off / bs * bs
+	b := getBuf(int(bs))
+	defer putBuf(b)
+	if _, err := f.ReadAt(*b, blk); err != nil {
+		return fmt.Errorf("read block at %d of %s: %w", blk, f.Name(), err)
+	}
+	clear((*b)[off-blk : off-blk+length])
+	if _, err := f.WriteAt(*b, blk); err != nil {
+		return fmt.Errorf("write block at %d of %s: %w", blk, f.Name(), err)
+	}
+	return nil
 }
 
 // deviceFileLocked returns an fd of the device: the open one, or a
@@ -414,7 +535,9 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	if a.Equal(n.saved) {
 		return 0
 	}
-	if err := n.root.drv.SetAttrs(ctx, n.name, a); err != nil {
+	err := n.root.drv.SetAttrs(ctx, n.name, a)
+	n.changedLocked()
+	if err != nil {
 		return n.root.toErrno("save attributes", n.name, err)
 	}
 	n.saved = a

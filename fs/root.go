@@ -5,6 +5,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,12 +38,20 @@ type Root struct {
 	// pending are files created but not yet backed by a volume (creation is
 	// lazy), by name.
 	pending map[string]*Image
+	// dir holds the root directory's own mode, owner and times. No volume
+	// stores them: they live as long as the mount (rsync -a sets the
+	// times of the directory it copies into).
+	dir meta.Attrs
+
+	// epoch counts the nodes' changes of their volumes (Image.changed).
+	epoch atomic.Uint64
 }
 
 var (
 	_ gofs.NodeLookuper  = (*Root)(nil)
 	_ gofs.NodeReaddirer = (*Root)(nil)
 	_ gofs.NodeGetattrer = (*Root)(nil)
+	_ gofs.NodeSetattrer = (*Root)(nil)
 	_ gofs.NodeStatfser  = (*Root)(nil)
 	_ gofs.NodeCreater   = (*Root)(nil)
 	_ gofs.NodeUnlinker  = (*Root)(nil)
@@ -54,8 +63,10 @@ func NewRoot(o Options) *Root {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	now := time.Now()
 	return &Root{drv: o.Driver, log: o.Log, readOnly: o.ReadOnly,
-		nodes: map[uint64]*Image{}, pending: map[string]*Image{}}
+		nodes: map[uint64]*Image{}, pending: map[string]*Image{},
+		dir: meta.Attrs{Mode: 0o755, Atime: now, Mtime: now, Ctime: now}}
 }
 
 // inoOf derives a stable inode number from a volume's identity, so inode
@@ -70,9 +81,9 @@ func inoOf(id string) uint64 {
 	return ino
 }
 
-// node returns the live node for a volume, refreshed from v, creating it
-// when the kernel does not know it yet.
-func (r *Root) node(ctx context.Context, v volmap.Volume) *gofs.Inode {
+// node returns the live node for a volume, refreshed from v (read from the
+// driver at epoch since), creating it when the kernel does not know it yet.
+func (r *Root) node(ctx context.Context, v volmap.Volume, since uint64) *gofs.Inode {
 	ino := inoOf(v.Identity())
 	r.mu.Lock()
 	n := r.nodes[ino]
@@ -81,7 +92,7 @@ func (r *Root) node(ctx context.Context, v volmap.Volume) *gofs.Inode {
 		r.nodes[ino] = n
 	}
 	r.mu.Unlock()
-	n.refresh(v)
+	n.refresh(v, since)
 	if in := n.EmbeddedInode(); in.StableAttr().Ino != 0 {
 		return in
 	}
@@ -105,11 +116,12 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 		p.fillAttr(&out.Attr)
 		return p.EmbeddedInode(), 0
 	}
+	since := r.epoch.Load()
 	v, err := r.drv.Lookup(ctx, name)
 	if err != nil {
 		return nil, r.toErrno("lookup", name, err)
 	}
-	in := r.node(ctx, v)
+	in := r.node(ctx, v, since)
 	in.Operations().(*Image).fillAttr(&out.Attr)
 	return in, 0
 }
@@ -138,8 +150,53 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 
 // Getattr describes the root directory.
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fillDirAttr(&out.Attr)
+	return 0
+}
+
+func (r *Root) fillDirAttr(out *fuse.Attr) {
+	out.Ino = 1
+	out.Mode = syscall.S_IFDIR | r.dir.Mode
 	out.Nlink = 2
+	out.Uid, out.Gid = r.dir.UID, r.dir.GID
+	out.SetTimes(&r.dir.Atime, &r.dir.Mtime, &r.dir.Ctime)
+}
+
+// Setattr changes the root directory's mode, owner or times, in memory
+// (see Root.dir).
+func (r *Root) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if r.readOnly {
+		return syscall.EROFS
+	}
+	if _, ok := in.GetSize(); ok {
+		return syscall.EISDIR
+	}
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m, ok := in.GetMode(); ok {
+		r.dir.Mode = m & 07777
+	}
+	if uid, ok := in.GetUID(); ok {
+		r.dir.UID = uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		r.dir.GID = gid
+	}
+	if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+		r.dir.Atime = now
+	} else if t, ok := in.GetATime(); ok {
+		r.dir.Atime = t
+	}
+	if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+		r.dir.Mtime = now
+	} else if t, ok := in.GetMTime(); ok {
+		r.dir.Mtime = t
+	}
+	r.dir.Ctime = now
+	r.fillDirAttr(&out.Attr)
 	return 0
 }
 
@@ -235,10 +292,14 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 	r.mu.Lock()
 	n := r.nodes[inoOf(v.Identity())]
 	r.mu.Unlock()
-	if n != nil && n.detach(ctx) {
-		return 0
-	}
 	if n != nil {
+		detached, errno := n.detach(ctx)
+		if errno != 0 {
+			return errno
+		}
+		if detached {
+			return 0
+		}
 		// Without a way to keep the volume until the last close, volfs's
 		// own open handles still never block a remove: their device fds
 		// are closed first and they fail with ESTALE from then on.
@@ -253,7 +314,8 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
-// Rename renames a volume; over an existing file it replaces it.
+// Rename renames a volume; over an existing file it replaces it. Lock
+// order: an Image's mu before the root's mu, never the other way.
 func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	if r.readOnly {
 		return syscall.EROFS
@@ -273,35 +335,32 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		}
 	}
 	r.mu.Lock()
-	p := r.pending[name]
-	if p != nil {
-		if _, exists := r.pending[newName]; exists && flags&unixRenameNoReplace != 0 {
-			r.mu.Unlock()
-			return syscall.EEXIST
-		}
-	}
+	p, tp := r.pending[name], r.pending[newName]
 	r.mu.Unlock()
-	_, lerr := r.drv.Lookup(ctx, newName)
+	target, lerr := r.drv.Lookup(ctx, newName)
 	targetExists := lerr == nil
-	if targetExists && flags&unixRenameNoReplace != 0 {
+	if (targetExists || tp != nil) && flags&unixRenameNoReplace != 0 {
 		return syscall.EEXIST
 	}
+	if p != nil && !targetExists {
+		// Both names are only in memory.
+		r.mu.Lock()
+		delete(r.pending, name)
+		if tp != nil && r.pending[newName] == tp {
+			delete(r.pending, newName)
+		}
+		r.pending[newName] = p
+		r.mu.Unlock()
+		p.setName(newName)
+		if tp != nil {
+			tp.unlinked()
+		}
+		return 0
+	}
 	if p != nil {
-		if targetExists {
-			// The pending file needs a volume to take the target's place.
-			if errno := p.materialize(ctx); errno != 0 {
-				return errno
-			}
-		} else {
-			r.mu.Lock()
-			delete(r.pending, name)
-			if old := r.pending[newName]; old != nil {
-				old.unlinked()
-			}
-			r.pending[newName] = p
-			p.setName(newName)
-			r.mu.Unlock()
-			return 0
+		// The pending file needs a volume to take the target's place.
+		if errno := p.materialize(ctx); errno != 0 {
+			return errno
 		}
 	}
 	rn, ok := r.drv.(volmap.Renamer)
@@ -310,21 +369,57 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 			slog.String("volume", name), slog.String("to", newName))
 		return syscall.EPERM
 	}
-	var err error
+	var tn *Image // the replaced file's node, if the kernel knows it
 	if targetExists {
+		r.mu.Lock()
+		tn = r.nodes[inoOf(target.Identity())]
+		r.mu.Unlock()
+	}
+	var err error
+	detached := false
+	if tn != nil {
+		// A replaced file that volfs has open (a running VM's disk) keeps
+		// its volume until its last close, as a removed one does; the
+		// volume's name is free at once.
+		var errno syscall.Errno
+		if detached, errno = tn.detach(ctx); errno != 0 {
+			return errno
+		}
+	}
+	switch {
+	case !targetExists || detached:
+		err = rn.Rename(ctx, name, newName)
+		if err != nil && detached {
+			if rerr := tn.reattach(ctx, newName); rerr != nil {
+				r.log.Error("rename over an open file failed and the replaced file could not be put back; "+
+					"its volume keeps a hidden name until its last close",
+					slog.String("volume", newName), slog.Any("err", rerr))
+			}
+		}
+	default:
 		rp, ok := r.drv.(volmap.Replacer)
 		if !ok {
 			return syscall.EPERM
 		}
 		err = rp.Replace(ctx, name, newName)
-	} else {
-		err = rn.Rename(ctx, name, newName)
 	}
 	if err != nil {
 		return r.toErrno("rename", name, err)
 	}
-	v, err := r.drv.Lookup(ctx, newName)
-	if err == nil {
+	if tn != nil && !detached {
+		tn.unlinked() // its volume is gone
+	}
+	if tp != nil {
+		// An open file created under newName but not yet backed by a
+		// volume is replaced as well.
+		r.mu.Lock()
+		if r.pending[newName] == tp {
+			delete(r.pending, newName)
+		}
+		r.mu.Unlock()
+		tp.unlinked()
+	}
+	if v, err := r.drv.Lookup(ctx, newName); err == nil {
 		r.mu.Lock()
 		n := r.nodes[inoOf(v.Identity())]
 		r.mu.Unlock()

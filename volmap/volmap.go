@@ -82,8 +82,13 @@ type Replacer interface {
 // as with any file system, the bytes stay reachable through the open
 // handles until the last one closes, and then Purge destroys the volume.
 // Detached volumes that outlive their server are the driver's to clean up.
+// Detach fails with ErrInUse when something outside this process holds the
+// volume (it could not be purged at the last close). Reattach puts a
+// detached volume back under name (the rollback of a rename over an open
+// file).
 type Detacher interface {
 	Detach(ctx context.Context, name string) (token string, err error)
+	Reattach(ctx context.Context, token, name string) error
 	Purge(ctx context.Context, token string) error
 }
 
@@ -110,8 +115,9 @@ type Flusher interface {
 
 // Zeroer makes a byte range of a volume read as zeros in the cheapest way
 // the driver knows (a thin volume unmaps whole chunks instead of writing
-// zeros). f is an open fd of the volume's device. Without it, volfs uses
-// fallocate(FALLOC_FL_ZERO_RANGE) on the device.
+// zeros). f is an open fd of the volume's device; off and length are whole
+// logical blocks of it (volfs zeroes partial blocks itself). Without it,
+// volfs uses fallocate(FALLOC_FL_ZERO_RANGE) on the device.
 type Zeroer interface {
 	Zero(ctx context.Context, name string, f *os.File, off, length int64) error
 }

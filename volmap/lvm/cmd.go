@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/volfs/volfs/volmap"
@@ -40,6 +41,21 @@ type Runner struct {
 	// its context is cancelled before it is killed (30 s when zero). lvm
 	// blocks signals while it commits metadata, so it is not cut short.
 	CancelGrace time.Duration
+
+	// devices, when set, is passed as --devices (SetDevices).
+	devices atomic.Pointer[string]
+}
+
+// SetDevices limits every later command to the given devices (lvm's
+// --devices, lvm2 >= 2.03.12); none: no limit. Devices not listed are
+// neither scanned nor used.
+func (r *Runner) SetDevices(devs []string) {
+	if len(devs) == 0 {
+		r.devices.Store(nil)
+		return
+	}
+	s := strings.Join(devs, ",")
+	r.devices.Store(&s)
 }
 
 // CmdError is a failed lvm2 command.
@@ -220,7 +236,11 @@ func (r *Runner) Run(ctx context.Context, command string, args ...string) ([]byt
 	if r.Config != "" {
 		cfg += " " + r.Config
 	}
-	argv := append([]string{command, "--yes", "--config", cfg}, args...)
+	argv := []string{command, "--yes", "--config", cfg}
+	if devs := r.devices.Load(); devs != nil {
+		argv = append(argv, "--devices", *devs)
+	}
+	argv = append(argv, args...)
 	for attempt := 0; ; attempt++ {
 		out, err := r.exec(ctx, argv)
 		var ce *CmdError

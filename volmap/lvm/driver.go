@@ -77,6 +77,12 @@ type Driver struct {
 	resizeOnce sync.Once
 	resizeArgs []string
 
+	// pvMu guards pvs and pvAt: the VG's PVs, to which every command is
+	// limited (discoverPVs), and when they were last looked for.
+	pvMu sync.Mutex
+	pvs  []string
+	pvAt time.Time
+
 	warned sync.Map // keys of warnings already logged
 }
 
@@ -87,6 +93,7 @@ var (
 	_ volmap.Renamer       = (*Driver)(nil)
 	_ volmap.Resizer       = (*Driver)(nil)
 	_ volmap.SpaceReporter = (*Driver)(nil)
+	_ volmap.Detacher      = (*Driver)(nil)
 )
 
 // listing is one lvs run: every LV of the VG (files or not) by LVM name.
@@ -146,6 +153,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("volume group %q: unexpected vgs report %+v", cfg.VG, vgs)
 	}
 	d.vgUUID, d.extent = vgs[0].UUID, vgs[0].ExtentSize
+	if err := d.discoverPVs(ctx); err != nil {
+		return nil, err
+	}
 	l, err := d.refresh(ctx)
 	if err != nil {
 		return nil, err
@@ -237,6 +247,16 @@ func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(rows) > 0 && rows[0].VGMissingPVs > 0 && d.rediscoverPVs(ctx) {
+		// The VG has PVs that the commands do not see (vgextend since
+		// the mount): look again with the new list.
+		if out, err = d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG); err == nil {
+			rows, err = ParseLVs(out)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
+		}
+	}
 	l := &listing{at: start, lvs: make(map[string]LV, len(rows))}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
@@ -290,14 +310,18 @@ func (d *Driver) volume(lv LV, file string) volmap.Volume {
 		found = false
 	}
 	if !found {
-		a = DefaultAttrs()
+		a = DefaultAttrs(lv.Created)
 	}
 	v.Attrs = a
 	return v
 }
 
-// DefaultAttrs are the attributes of an LV that carries no volfs tags.
-func DefaultAttrs() meta.Attrs { return meta.Attrs{Mode: 0o600, Size: -1} }
+// DefaultAttrs are the attributes of an LV that carries no volfs tags and
+// was created at created: mode 0600, owner root, every time its creation
+// time, the size of the LV.
+func DefaultAttrs(created time.Time) meta.Attrs {
+	return meta.Attrs{Mode: 0o600, Size: -1, Atime: created, Mtime: created, Ctime: created}
+}
 
 func (d *Driver) warnOnce(key, msg string, attrs ...any) {
 	if _, dup := d.warned.LoadOrStore(key, true); !dup {
@@ -474,4 +498,69 @@ func (d *Driver) Space(ctx context.Context) (volmap.Space, error) {
 	}
 	d.space, d.spaceAt = s, start
 	return s, nil
+}
+
+// discoverPVs finds the VG's PVs with a full scan and limits every later
+// command to them (--devices). volfs must not let lvm scan other devices:
+// a loop device over an image of this very mount (losetup, then mkfs and
+// mount on it) makes every scan of it wait for this server, which may be
+// waiting for that lvm command (a loop device's flush asks volfs to persist
+// the mtime with lvchange, whose scan of the loop device queues behind
+// the flush: a deadlock). It runs before the mount serves, and again when
+// the VG gains a PV (rediscoverPVs). Without --devices (lvm2 < 2.03.12) it
+// logs that the deadlock is possible.
+func (d *Driver) discoverPVs(ctx context.Context) error {
+	d.pvMu.Lock()
+	defer d.pvMu.Unlock()
+	d.pvAt = time.Now()
+	help, err := d.lvm.help(ctx, "lvs")
+	if err != nil || !strings.Contains(help, "--devices") {
+		d.log.Warn("this lvm has no --devices option: its commands scan every block device, and a loop "+
+			"device over a file of this mount can then deadlock the mount", slog.Any("err", err))
+		return nil
+	}
+	scan := &Runner{Path: d.lvm.Path, Config: d.lvm.Config, Log: d.lvm.Log, CancelGrace: d.lvm.CancelGrace}
+	out, err := scan.Report(ctx, "pvs", "pv_name,vg_name")
+	if err != nil {
+		return fmt.Errorf("find the PVs of %s: %w", d.cfg.VG, err)
+	}
+	rows, err := parseRows(out, "pv")
+	if err != nil {
+		return err
+	}
+	var pvs []string
+	for _, r := range rows {
+		p := rowParser{row: r}
+		if name := p.str("pv_name"); p.str("vg_name") == d.cfg.VG && name != "" {
+			pvs = append(pvs, name)
+		}
+	}
+	if len(pvs) == 0 {
+		return fmt.Errorf("find the PVs of %s: pvs lists none: %w", d.cfg.VG, volmap.ErrNotFound)
+	}
+	slices.Sort(pvs)
+	if !slices.Equal(pvs, d.pvs) {
+		d.log.Info("lvm commands limited to the VG's PVs", slog.Any("pvs", pvs))
+	}
+	d.pvs = pvs
+	d.lvm.SetDevices(pvs)
+	return nil
+}
+
+// rediscoverPVs runs discoverPVs at most once a minute and reports
+// whether it found a different set of PVs.
+func (d *Driver) rediscoverPVs(ctx context.Context) bool {
+	d.pvMu.Lock()
+	old, at := d.pvs, d.pvAt
+	d.pvMu.Unlock()
+	if time.Since(at) < time.Minute {
+		return false
+	}
+	if err := d.discoverPVs(ctx); err != nil {
+		d.log.Warn("the VG misses PVs and looking for them failed", slog.Any("err", err))
+		return false
+	}
+	d.pvMu.Lock()
+	defer d.pvMu.Unlock()
+	return !slices.Equal(old, d.pvs)
 }

@@ -94,9 +94,27 @@ func (d *Driver) openDevice(lv LV, flag int) (*os.File, error) {
 // an fd on it, mounts, device-mapper or md devices stacked on it, loop
 // devices backed by it. Best effort: it says so when it finds nothing.
 func holders(dev string) string {
+	who, err := findHolders(dev, true)
+	if err != nil {
+		return fmt.Sprintf("cannot tell who holds it (%v)", err)
+	}
+	if len(who) == 0 {
+		return "no process, mount or stacked device found holding " + dev
+	}
+	return strings.Join(who, "; ")
+}
+
+// otherHolders lists what holds dev open apart from this process (nothing
+// when dev cannot be examined).
+func otherHolders(dev string) []string {
+	who, _ := findHolders(dev, false)
+	return who
+}
+
+func findHolders(dev string, self bool) ([]string, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(dev, &st); err != nil {
-		return fmt.Sprintf("cannot tell who holds it (%v)", err)
+		return nil, err
 	}
 	rdev := st.Rdev
 	majmin := fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev))
@@ -155,16 +173,16 @@ func holders(dev string) string {
 			pid := filepath.Base(pidDir)
 			desc := fmt.Sprintf("pid %s (%s)", pid, strings.TrimSpace(string(comm)))
 			if pid == strconv.Itoa(os.Getpid()) {
+				if !self {
+					break
+				}
 				desc += " (this process)"
 			}
 			who = append(who, "held by "+desc)
 			break
 		}
 	}
-	if len(who) == 0 {
-		return "no process, mount or stacked device found holding " + dev
-	}
-	return strings.Join(who, "; ")
+	return who, nil
 }
 
 // unescapeMount undoes the octal escapes of /proc/self/mountinfo paths.

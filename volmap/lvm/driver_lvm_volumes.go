@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
@@ -302,6 +305,9 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 	if lv.Size == target {
 		return target, nil
 	}
+	if target < lv.Size && lv.Thin() {
+		d.discardTail(lv, target)
+	}
 	defer d.invalidate()
 	args := append([]string{"-f", "-L", bytesArg(target)}, d.resizeFSArgs(ctx)...)
 	args = append(args, d.cfg.VG+"/"+lv.Name)
@@ -313,6 +319,28 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 		return 0, fmt.Errorf("resize %s (%s/%s) from %d to %d bytes: %w", name, d.cfg.VG, lv.Name, lv.Size, target, err)
 	}
 	return target, nil
+}
+
+// discardTail unmaps [from, end) of a thin LV about to shrink to from
+// bytes: lvresize leaves those chunks mapped ("Thin volume maps X while the
+// size is only Y"), so the pool would not get the space back and an LV
+// grown again would show the old data. Best effort, and only for an
+// active LV (volfs shrinks the LVs it has open; activating one just to
+// unmap is not worth a device suspend).
+func (d *Driver) discardTail(lv LV, from int64) {
+	if !lv.Active {
+		return
+	}
+	f, err := d.openDevice(lv, os.O_WRONLY)
+	if err == nil {
+		rng := [2]uint64{uint64(from), uint64(lv.Size - from)}
+		err = ioctlPtr(f, unix.BLKDISCARD, &rng)
+		f.Close()
+	}
+	if err != nil {
+		d.log.Warn("could not unmap the end of a thin LV before shrinking it; the pool keeps that space",
+			slog.String("lv", lv.Name), slog.Int64("from", from), slog.Int64("size", lv.Size), slog.Any("err", err))
+	}
 }
 
 // resizeFSArgs returns "--fs ignore" if this lvresize has --fs.
@@ -349,11 +377,34 @@ func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Only this process may hold it: a holder elsewhere (a VM started on
+	// the LV's device, a mount, a loop device) would make the removal at
+	// the last close fail, after the name is gone.
+	if who := otherHolders(d.devPath(lv.Name)); len(who) > 0 {
+		return "", fmt.Errorf("remove %s (%s/%s): the volume is open outside volfs: %s: %w",
+			name, d.cfg.VG, lv.Name, strings.Join(who, "; "), volmap.ErrInUse)
+	}
 	defer d.invalidate()
 	if err := d.rename(ctx, lv.Name, hidden); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
 	}
 	return hidden, nil
+}
+
+// Reattach renames an LV that Detach hid back to the LV of the file name.
+func (d *Driver) Reattach(ctx context.Context, token, name string) error {
+	prefix, _ := volmap.HiddenName(deletedLabel)
+	if !strings.HasPrefix(token, prefix) {
+		return fmt.Errorf("reattach %q: %w: not a detached volume", token, volmap.ErrInvalidName)
+	}
+	lvName, err := d.newLVName(name)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	return d.rename(ctx, token, lvName)
 }
 
 // Purge removes an LV that Detach hid. It refuses any other LV.

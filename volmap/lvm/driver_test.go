@@ -40,7 +40,7 @@ func TestFilesOfCapturedVG(t *testing.T) {
 	if web.ID != "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia" || web.Size != 5<<20 || web.Used != -1 || web.Thin || !web.Attrs.Equal(wantAttrs) {
 		t.Errorf("web disk = %+v", web)
 	}
-	if a := got["inactive"].Attrs; !a.Equal(DefaultAttrs()) {
+	if a := got["inactive"].Attrs; !a.Equal(DefaultAttrs(time.Time{})) {
 		t.Errorf("untagged LV attrs = %+v", a)
 	}
 	thin := got["thin-a"]

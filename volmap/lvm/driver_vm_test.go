@@ -426,6 +426,17 @@ func TestThin(t *testing.T) {
 	if got, err := d.Resize(ctx, "t1", 200*mib); err != nil || got != 200*mib {
 		t.Fatalf("Resize thin = %d, %v", got, err)
 	}
+	// Shrinking unmaps what is cut off: lvresize alone leaves it mapped
+	// ("Thin volume maps ... while the size is only ..."), and the pool
+	// would not get the space back.
+	writeAt(t, d, "t1", pattern(4*mib), 100*mib)
+	if got, err := d.Resize(ctx, "t1", 8*mib); err != nil || got != 8*mib {
+		t.Fatalf("Resize thin down = %d, %v", got, err)
+	}
+	out := e.sh("lvs", "--noheadings", "-o", "data_percent", e.vg+"/t1")
+	if strings.Contains(out, "maps") || strings.TrimSpace(out) != "50.00" {
+		t.Fatalf("thin LV after shrinking from 200 to 8 MiB with 4 MiB written at 0 and at 100 MiB: %s", out)
+	}
 	if err := d.Remove(ctx, "t1-snap"); err != nil {
 		t.Fatal(err)
 	}
@@ -527,6 +538,88 @@ func TestRemoveInUse(t *testing.T) {
 	e.sh("dmsetup", "remove", holder)
 	if err := d.Remove(ctx, "vm2"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Detach hides the LV of a file removed while volfs has it open; the name
+// is free at once, Reattach puts it back, Purge removes it. An LV open
+// outside this process is not detached: it could not be purged later.
+func TestDetach(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(lvm.Config{})
+	ctx := context.Background()
+	if _, err := d.Create(ctx, "vm1", 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(mib)
+	writeAt(t, d, "vm1", data, 0)
+	own, err := d.Open(ctx, "vm1", os.O_RDONLY) // volfs's own fd does not count
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	token, err := d.Detach(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Lookup(ctx, "vm1"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("Lookup of a detached file: %v", err)
+	}
+	if vols, _ := d.List(ctx); len(vols) != 0 {
+		t.Fatalf("List shows a detached file: %+v", vols)
+	}
+	if _, ok := e.lvs()[token]; !ok || !strings.HasPrefix(token, "+2F") {
+		t.Fatalf("detached LV %q not in %v", token, e.lvs())
+	}
+	b := alignedBuf(mib)
+	if _, err := own.ReadAt(b, 0); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("read through the open fd after Detach: %v", err)
+	}
+	if err := d.Reattach(ctx, token, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readAt(t, d, "vm1", mib, 0), data) {
+		t.Fatal("data after Reattach")
+	}
+
+	// Held by another process: refused, nothing renamed.
+	holder := exec.Command("sh", "-c", `exec 3<"$1"; read -r _`, "sh", filepath.Join("/dev", e.vg, "vm1"))
+	stdin, _ := holder.StdinPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", holder.Process.Pid)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("holder did not start")
+		}
+	}
+	_, err = d.Detach(ctx, "vm1")
+	if !errors.Is(err, volmap.ErrInUse) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d (sh)", holder.Process.Pid)) {
+		t.Fatalf("Detach of an LV held elsewhere: %v", err)
+	}
+	if _, ok := e.lvs()["vm1"]; !ok {
+		t.Fatal("refused Detach renamed the LV")
+	}
+	stdin.Close()
+	_ = holder.Wait()
+
+	token, err = d.Detach(ctx, "vm1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own.Close()
+	if err := d.Purge(ctx, "vm1"); !errors.Is(err, volmap.ErrInvalidName) {
+		t.Fatalf("Purge of a file's LV: %v", err)
+	}
+	if err := d.Purge(ctx, token); err != nil {
+		t.Fatal(err)
+	}
+	if rows := e.lvs(); len(rows) != 0 {
+		t.Fatalf("LVs after Purge: %v", rows)
 	}
 }
 
@@ -662,8 +755,12 @@ func TestExternalChanges(t *testing.T) {
 	t.Logf("plain lvcreate: %v", time.Since(start).Round(time.Millisecond))
 	waitFor("lvcreate", true)
 	v, err := d.Lookup(ctx, "ext")
-	if err != nil || !v.Attrs.Equal(lvm.DefaultAttrs()) {
+	if err != nil || !v.Attrs.Equal(lvm.DefaultAttrs(v.Attrs.Mtime)) {
 		t.Fatalf("an untagged LV: %+v, %v", v, err)
+	}
+	// Its times are its creation time (lv_time, whole seconds).
+	if age := time.Since(v.Attrs.Mtime); age < -time.Second || age > time.Minute {
+		t.Fatalf("an untagged LV's mtime is %v, want its creation time", v.Attrs.Mtime)
 	}
 	e.sh("lvremove", "-q", "--yes", e.vg+"/ext")
 	waitFor("lvremove", false)

@@ -7,11 +7,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
-	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards"
+	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,lv_time," +
+	"vg_missing_pv_count"
 
 // vgFields are the vgs columns the driver reads.
 const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
@@ -43,7 +45,16 @@ type LV struct {
 	// Discards is a thin pool's discard mode: "passdown", "nopassdown" or
 	// "ignore" (a pool that ignores discards never unmaps).
 	Discards string
+	// Created is lv_time, when the LV was created (zero if not reported
+	// or not understood).
+	Created time.Time
+	// VGMissingPVs is how many PVs of the LV's VG the command did not
+	// see (vg_missing_pv_count).
+	VGMissingPVs int64
 }
+
+// lvTimeLayout is lvm2's default report/time_format ("%Y-%m-%d %T %z").
+const lvTimeLayout = "2006-01-02 15:04:05 -0700"
 
 // Hidden reports whether the LV is one LVM hides (lvs -a shows it in
 // brackets: pool data and metadata, mirror images, spare...).
@@ -93,6 +104,10 @@ func ParseLVs(data []byte) ([]LV, error) {
 			KernelMinor:    p.int("lv_kernel_minor", -1),
 			ChunkSize:      p.int("chunk_size", 0),
 			Discards:       p.str("discards"),
+			VGMissingPVs:   p.int("vg_missing_pv_count", 0),
+		}
+		if t, err := time.Parse(lvTimeLayout, p.str("lv_time")); err == nil {
+			lv.Created = t
 		}
 		if len(lv.Attr) >= 5 {
 			lv.Active = lv.Attr[4] == 'a'

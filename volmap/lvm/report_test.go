@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 )
 
 func readTestdata(t testing.TB, name string) []byte {
@@ -49,13 +50,16 @@ func TestParseLVs(t *testing.T) {
 
 func TestParseLVsTags(t *testing.T) {
 	lvs, err := ParseLVs([]byte(`{"report":[{"lv":[{"lv_name":"a","lv_size":"4194304","lv_tags":"volfs,volfs.mode=0640",
-		"data_percent":"19.53","lv_attr":"Vwi-a-tz-k","segtype":"thin"}]}],"log":[]}`))
+		"data_percent":"19.53","lv_attr":"Vwi-a-tz-k","segtype":"thin","lv_time":"2026-11-26 11:53:37 +0100"}]}],"log":[]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	a := lvs[0]
 	if !slices.Equal(a.Tags, []string{"volfs", "volfs.mode=0640"}) || a.DataPercent != 19.53 || !a.SkipActivation || !a.Active {
 		t.Errorf("a = %+v", a)
+	}
+	if want := time.Date(2026, 11, 26, 10, 53, 37, 0, time.UTC); !a.Created.Equal(want) {
+		t.Errorf("lv_time parsed as %v, want %v", a.Created, want)
 	}
 	// json_std style: numbers as numbers.
 	lvs, err = ParseLVs([]byte(`{"report":[{"lv":[{"lv_name":"b","lv_size":4194304,"lv_kernel_major":253}]}]}`))
