@@ -129,7 +129,10 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.gone {
+	if n.gone && n.dev.Load() == nil {
+		// Removed, and no handle keeps its volume: nothing to open. A
+		// file removed while open can still be opened through
+		// /proc/PID/fd, as on any file system.
 		return nil, 0, syscall.ENOENT
 	}
 	n.opens++
@@ -271,8 +274,12 @@ func growTarget(devSize, end int64) int64 {
 	return max(end, devSize+step)
 }
 
-// Flush is close(2); data and attributes are kept until fsync or release.
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
+// Flush is close(2). Data and attributes are kept until fsync or release,
+// but a file that has no volume yet gets it here, so that a full pool fails
+// the close (`touch` says ENOSPC) instead of the file vanishing at release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	return h.node.materialize(ctx)
+}
 
 // Fsync flushes the device's cache and persists changed attributes.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
@@ -383,6 +390,20 @@ func (n *Image) zeroInside(ctx context.Context, start, end int64, punch bool) sy
 	if _, ok := n.root.drv.(volmap.Zeroer); ok || !punch {
 		return n.zeroFile(ctx, d.direct, start, end-start)
 	}
+	// The device punches whole blocks; the partial blocks at either end
+	// are zeroed.
+	head := min((start+d.bs-1)/d.bs*d.bs, end)
+	tail := max(end/d.bs*d.bs, head)
+	if errno := n.zeroFile(ctx, d.direct, start, head-start); errno != 0 {
+		return errno
+	}
+	if errno := n.zeroFile(ctx, d.direct, tail, end-tail); errno != 0 {
+		return errno
+	}
+	if tail <= head {
+		return 0
+	}
+	start, end = head, tail
 	err := unix.Fallocate(int(d.direct.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, start, end-start)
 	if errors.Is(err, unix.EOPNOTSUPP) {
 		// The device cannot unmap with a zeroing guarantee; zeroing still

@@ -151,6 +151,16 @@ func TestPunchHoleAndZeroRange(t *testing.T) {
 	if !bytes.Equal(fileBytes(t, dev, 12<<20, 1<<20), zero) {
 		t.Fatal("fallocate -p did not zero the device")
 	}
+	// A hole that starts and ends inside blocks.
+	sh(t, "fallocate", "-p", "-o", "14680164", "-l", "10000", m.path(dev)) // 14 MiB + 100
+	if !bytes.Equal(fileBytes(t, dev, 14<<20+100, 10000), zero[:10000]) {
+		t.Fatal("an unaligned hole does not read back as zeros")
+	}
+	for _, off := range []int64{14<<20 + 99, 14<<20 + 10100} {
+		if !bytes.Equal(fileBytes(t, dev, off, 1), fileBytes(t, src, off, 1)) {
+			t.Fatalf("an unaligned hole zeroed byte %d outside it", off)
+		}
+	}
 	// SEEK_DATA/SEEK_HOLE: all data.
 	if off, err := unix.Seek(int(f.Fd()), 4096, unix.SEEK_DATA); err != nil || off != 4096 {
 		t.Errorf("SEEK_DATA = %d, %v", off, err)

@@ -71,6 +71,13 @@ func TestRemove(t *testing.T) {
 		if m.has("open") {
 			t.Fatal("removed file still listed")
 		}
+		// As on any file system, the removed file can be opened again
+		// through the holder's descriptor.
+		reopened := filepath.Join(e.base, "open.reopened")
+		sh(t, "sh", "-c", `head -c 1000 "$1" >"$2"`, "sh", fmt.Sprintf("/proc/%d/fd/3", h.cmd.Process.Pid), reopened)
+		if string(fileBytes(t, reopened, 0, 1000)) != string(fileBytes(t, src, 0, 1000)) {
+			t.Fatal("reopening a removed open file through /proc/PID/fd read the wrong bytes")
+		}
 		if lvs, _ := e.lvs(); len(e.hiddenLVs()) != 1 || lvs["open"].Name != "" {
 			t.Fatalf("LVs while the removed file is open: %v", names(lvs))
 		}
@@ -158,6 +165,13 @@ func TestNoSpace(t *testing.T) {
 	waitFor(t, "file without a volume gone", 10*time.Second, func() bool { return !m.has("full") })
 	if after := e.files(); !equal(after, before) {
 		t.Fatalf("LVs after a failed create: %v, before %v", after, before)
+	}
+	// touch gets its error at close(2), and no file stays behind.
+	if out, err := try("touch", m.path("touched")); err == nil || !strings.Contains(out, "No space left on device") {
+		t.Fatalf("touch in a full VG: %v: %s", err, out)
+	}
+	if m.has("touched") {
+		t.Fatal("a file touch could not create is still listed")
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(m.dir, &st); err != nil || st.Bfree != 0 || st.Bavail != 0 {
