@@ -274,12 +274,9 @@ func growTarget(devSize, end int64) int64 {
 	return max(end, devSize+step)
 }
 
-// Flush is close(2). Data and attributes are kept until fsync or release,
-// but a file that has no volume yet gets it here, so that a full pool fails
-// the close (`touch` says ENOSPC) instead of the file vanishing at release.
-func (h *handle) Flush(ctx context.Context) syscall.Errno {
-	return h.node.materialize(ctx)
-}
+// Flush is close(2) (and also every close of an inherited copy of the fd
+// in a forked child); data and attributes are kept until fsync or release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 // Fsync flushes the device's cache and persists changed attributes.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {

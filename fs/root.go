@@ -241,6 +241,15 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if _, err := r.drv.Lookup(ctx, name); err == nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
+	// Creation is lazy, so without this a full pool would only show at
+	// the first write, and `touch` would "succeed" with a file that
+	// vanishes at its last close. The listing is at most a second old.
+	if sr, ok := r.drv.(volmap.SpaceReporter); ok {
+		if s, err := sr.Space(ctx); err == nil && s.Total > 0 && s.Free <= 0 {
+			r.log.Warn("create refused: no free space for a new volume", slog.String("volume", name))
+			return nil, nil, 0, syscall.ENOSPC
+		}
+	}
 	now := time.Now()
 	a := meta.Attrs{Mode: mode & 07777, Atime: now, Mtime: now, Ctime: now, Size: 0}
 	if c, ok := fuse.FromContext(ctx); ok {

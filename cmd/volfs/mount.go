@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -14,12 +13,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	volfs "github.com/volfs/volfs/fs"
+	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/blockdev"
 )
@@ -124,38 +123,10 @@ func checkMountpoint(mountpoint string) (string, error) {
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
-	if mounted, fstype := isMountpoint(abs); mounted {
+	if mounted, fstype := mountinfo.MountPoint(abs); mounted {
 		return "", fmt.Errorf("%s is already a mount point (%s): unmount it first", abs, fstype)
 	}
 	return abs, nil
-}
-
-// isMountpoint reports whether dir is the mount point of a mount.
-func isMountpoint(dir string) (bool, string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, ""
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) < 10 || unescapeMount(fields[4]) != dir {
-			continue
-		}
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) {
-				return true, fields[i+1]
-			}
-		}
-		return true, "?"
-	}
-	return false, ""
-}
-
-func unescapeMount(s string) string {
-	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
-	return r.Replace(s)
 }
 
 // spawn starts the server in the background and returns when it serves (or

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/volfs/volfs/internal/mountinfo"
 )
 
 func newUmountCmd() *cobra.Command {
@@ -42,7 +44,7 @@ func umount(mountpoint string, timeout time.Duration) error {
 	if real, err := filepath.EvalSymlinks(mnt); err == nil {
 		mnt = real
 	}
-	if ok, fstype := isMountpoint(mnt); !ok {
+	if ok, fstype := mountinfo.MountPoint(mnt); !ok {
 		return fmt.Errorf("%s is not mounted", mnt)
 	} else if !strings.HasPrefix(fstype, "fuse") {
 		return fmt.Errorf("%s is a %s mount, not volfs", mnt, fstype)

@@ -166,16 +166,17 @@ func TestNoSpace(t *testing.T) {
 	if after := e.files(); !equal(after, before) {
 		t.Fatalf("LVs after a failed create: %v, before %v", after, before)
 	}
-	// touch gets its error at close(2), and no file stays behind.
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(m.dir, &st); err != nil || st.Bfree != 0 || st.Bavail != 0 {
+		t.Fatalf("statfs of a full VG: free %d avail %d, %v", st.Bfree, st.Bavail, err)
+	}
+	// Once volfs knows the VG is full (statfs said so), creating a file
+	// fails at once: touch says ENOSPC and no file stays behind.
 	if out, err := try("touch", m.path("touched")); err == nil || !strings.Contains(out, "No space left on device") {
 		t.Fatalf("touch in a full VG: %v: %s", err, out)
 	}
 	if m.has("touched") {
 		t.Fatal("a file touch could not create is still listed")
-	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(m.dir, &st); err != nil || st.Bfree != 0 || st.Bavail != 0 {
-		t.Fatalf("statfs of a full VG: free %d avail %d, %v", st.Bfree, st.Bavail, err)
 	}
 
 	// Room for 2 extents: the file grows as far as it can (geometric steps

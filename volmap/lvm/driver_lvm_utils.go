@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
 )
@@ -135,7 +136,7 @@ func findHolders(dev string, self bool) ([]string, error) {
 		for sc.Scan() {
 			fields := strings.Fields(sc.Text())
 			if len(fields) > 4 && fields[2] == majmin {
-				who = append(who, "mounted at "+unescapeMount(fields[4]))
+				who = append(who, "mounted at "+mountinfo.Unescape(fields[4]))
 			}
 		}
 		f.Close()
@@ -183,23 +184,4 @@ func findHolders(dev string, self bool) ([]string, error) {
 		}
 	}
 	return who, nil
-}
-
-// unescapeMount undoes the octal escapes of /proc/self/mountinfo paths.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
