@@ -40,14 +40,14 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "building volfs: %v\n%s", err, out)
 		return 1
 	}
-	fds := openFds()
+	fds := testutil.OpenFds()
 	code := m.Run()
-	if leaked := openFds() - fds; leaked > 0 {
+	if leaked := testutil.OpenFds() - fds; leaked > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: the tests leaked %d file descriptors\n", leaked)
 		code = 1
 	}
 	// A test that leaves a mount or a loop device behind fails the run.
-	if mounts := leakedMounts(); len(mounts) > 0 {
+	if mounts := testutil.MountsUnder(tmpRoot); len(mounts) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: mounts left behind: %s\n", strings.Join(mounts, ", "))
 		code = 1
 	}
@@ -56,21 +56,4 @@ func run(m *testing.M) int {
 		code = 1
 	}
 	return code
-}
-
-func openFds() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
-func leakedMounts() []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], tmpRoot) {
-			out = append(out, f[4])
-		}
-	}
-	return out
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/volfs/volfs/integration/vm"
+
+	"github.com/volfs/volfs/internal/testutil"
 )
 
 // volfsBin is the binary under test (VOLFS_BIN).
@@ -57,15 +59,15 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmpRoot)
 
-	fds := openFds()
+	fds := testutil.OpenFds()
 	code := m.Run()
 	// A test that leaves a mount, a loop device, a VG or an fd behind
 	// fails the run.
-	if leaked := openFds() - fds; leaked > 0 {
+	if leaked := testutil.OpenFds() - fds; leaked > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: the tests leaked %d file descriptors\n", leaked)
 		code = 1
 	}
-	if mounts := leakedMounts(); len(mounts) > 0 {
+	if mounts := testutil.MountsUnder(tmpRoot); len(mounts) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: mounts left behind: %s\n", strings.Join(mounts, ", "))
 		code = 1
 	}
@@ -78,23 +80,6 @@ func run(m *testing.M) int {
 		code = 1
 	}
 	return code
-}
-
-func openFds() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
-func leakedMounts() []string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], tmpRoot) {
-			out = append(out, f[4])
-		}
-	}
-	return out
 }
 
 // leakedLoops lists loop devices over files of the run (images in volfs

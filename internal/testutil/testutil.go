@@ -78,3 +78,22 @@ func LeakedLoops() []string {
 	}
 	return leaked
 }
+
+// OpenFds counts this process's open file descriptors.
+func OpenFds() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+// MountsUnder lists the mount points below prefix (mounts a test left).
+func MountsUnder(prefix string) []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], prefix) {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
