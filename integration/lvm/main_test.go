@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/volfs/volfs/integration/vm"
-
 	"github.com/volfs/volfs/internal/testutil"
 )
 
