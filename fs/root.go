@@ -378,6 +378,14 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 			slog.String("volume", name), slog.String("to", newName))
 		return syscall.EPERM
 	}
+	// The renamed file's node, found before the rename from the cached
+	// listing (afterwards the listing is stale and would cost an lvs).
+	var sn *Image
+	if src, err := r.drv.Lookup(ctx, name); err == nil {
+		r.mu.Lock()
+		sn = r.nodes[inoOf(src.Identity())]
+		r.mu.Unlock()
+	}
 	var tn *Image // the replaced file's node, if the kernel knows it
 	if targetExists {
 		r.mu.Lock()
@@ -428,13 +436,8 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		r.mu.Unlock()
 		tp.unlinked()
 	}
-	if v, err := r.drv.Lookup(ctx, newName); err == nil {
-		r.mu.Lock()
-		n := r.nodes[inoOf(v.Identity())]
-		r.mu.Unlock()
-		if n != nil {
-			n.setName(newName)
-		}
+	if sn != nil {
+		sn.setName(newName)
 	}
 	return 0
 }
