@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,13 +24,43 @@ import (
 type device struct {
 	direct   *os.File
 	buffered *os.File
+	fd       int32 // direct's descriptor, for device I/O on the io_uring queues
 	bs       int64 // logical block size: the O_DIRECT unit
+	// refs is 1 for the image that holds the device plus one per ring
+	// operation in flight on fd (os.File guards only its own calls): the
+	// descriptors close when the last goes, so a number still in a
+	// submitted operation is never reused for another device.
+	refs atomic.Int64
 }
 
-func (d *device) close() {
-	d.direct.Close()
-	d.buffered.Close()
+func newDevice(direct, buffered *os.File, bs int64) *device {
+	d := &device{direct: direct, buffered: buffered, fd: int32(direct.Fd()), bs: bs}
+	d.refs.Store(1)
+	return d
 }
+
+// acquire takes a reference for a ring operation; false once closed.
+func (d *device) acquire() bool {
+	for {
+		r := d.refs.Load()
+		if r <= 0 {
+			return false
+		}
+		if d.refs.CompareAndSwap(r, r+1) {
+			return true
+		}
+	}
+}
+
+func (d *device) release() {
+	if d.refs.Add(-1) == 0 {
+		d.direct.Close()
+		d.buffered.Close()
+	}
+}
+
+// close drops the image's reference.
+func (d *device) close() { d.release() }
 
 func (d *device) aligned(off int64, n int) bool {
 	return off%d.bs == 0 && int64(n)%d.bs == 0
@@ -136,9 +167,14 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 		return nil, 0, syscall.ENOENT
 	}
 	n.opens++
+	if n.opens == 1 {
+		n.root.registerOpen(n)
+	}
 	if !n.pending && n.dev.Load() == nil {
 		if errno := n.openDeviceLocked(ctx); errno != 0 {
-			n.opens--
+			if n.opens--; n.opens == 0 {
+				n.root.unregisterOpen(n)
+			}
 			return nil, 0, errno
 		}
 	}
@@ -165,7 +201,7 @@ func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
 		buffered.Close()
 		return n.root.toErrno("open", n.name, err)
 	}
-	n.dev.Store(&device{direct: direct, buffered: buffered, bs: int64(bs)})
+	n.dev.Store(newDevice(direct, buffered, int64(bs)))
 	return 0
 }
 
@@ -316,6 +352,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 }
 
 func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
+	n.root.unregisterOpen(n)
 	var errno syscall.Errno
 	if d := n.dev.Swap(nil); d != nil {
 		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {

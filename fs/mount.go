@@ -15,11 +15,29 @@ type MountOptions struct {
 	// AllowOther lets users other than root open files (the hypervisor's
 	// user); the kernel still checks each file's mode and owner.
 	AllowOther bool
+	// IOUring serves requests through FUSE-over-io_uring where the
+	// kernel has it (see ring.go); otherwise, or if it fails to start,
+	// through /dev/fuse.
+	IOUring bool
+}
+
+// Server is a mounted, serving file system.
+type Server struct {
+	*fuse.Server
+	ring *ringServer
+}
+
+// Wait returns once the mount is gone and every request is answered.
+func (s *Server) Wait() {
+	s.Server.Wait()
+	if s.ring != nil {
+		s.ring.wait()
+	}
 }
 
 // Mount mounts root at dir and returns the serving server; the caller waits
 // on it (srv.Wait) and calls root.Shutdown afterwards.
-func Mount(dir string, root *Root, mo MountOptions) (*fuse.Server, error) {
+func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	// Other tools' changes (lvcreate, lvextend) show within a second.
 	timeout := time.Second
 	opts := &gofs.Options{
@@ -52,11 +70,31 @@ func Mount(dir string, root *Root, mo MountOptions) (*fuse.Server, error) {
 			Debug:         mo.Debug,
 		},
 		RootStableAttr: &gofs.StableAttr{Ino: 1},
+		// Node IDs are our stable inode numbers: the io_uring queues find
+		// a request's image without go-fuse (Root.openImage).
+		ExternalNodeID: true,
 	}
 	if root.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	return gofs.Mount(dir, root, opts)
+	s := &Server{}
+	var fsys fuse.RawFileSystem = gofs.NewNodeFS(root, opts)
+	if mo.IOUring && enableURing(root.log) && ringUsable(root.log) {
+		opts.MountOptions.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
+		fsys = &ringInit{RawFileSystem: fsys, start: func(srv *fuse.Server, rawFS fuse.RawFileSystem) {
+			s.ring = startRing(srv, rawFS, &opts.MountOptions, root)
+		}}
+	}
+	srv, err := fuse.NewServer(fsys, dir, &opts.MountOptions)
+	if err != nil {
+		return nil, err
+	}
+	s.Server = srv
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // Shutdown persists what is still only in memory (mtime from writes,

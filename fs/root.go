@@ -45,6 +45,28 @@ type Root struct {
 
 	// epoch counts the nodes' changes of their volumes (Image.changed).
 	epoch atomic.Uint64
+
+	// open maps the inode number of each image with open handles to it.
+	// Node IDs are inode numbers (Options.ExternalNodeID), so this is how
+	// the io_uring queues find the image of a READ or WRITE without
+	// go-fuse. A nil value marks a number two images claimed at once:
+	// their requests take go-fuse's path.
+	open sync.Map
+}
+
+func (r *Root) registerOpen(n *Image) {
+	if v, loaded := r.open.LoadOrStore(n.ino, n); loaded && v != n {
+		r.open.Store(n.ino, (*Image)(nil))
+	}
+}
+
+func (r *Root) unregisterOpen(n *Image) { r.open.CompareAndDelete(n.ino, n) }
+
+// openImage returns the open image whose inode number is ino, or nil.
+func (r *Root) openImage(ino uint64) *Image {
+	v, _ := r.open.Load(ino)
+	n, _ := v.(*Image)
+	return n
 }
 
 var (

@@ -34,6 +34,7 @@ type mountCmd struct {
 	debug      bool
 	logFile    string
 	allowOther bool
+	ioURing    bool
 	cpuProfile string
 }
 
@@ -74,6 +75,7 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.BoolVar(&c.debug, "debug", false, "log every FUSE request")
 	f.StringVar(&c.logFile, "log-file", "/var/log/volfs.log", "where the background server logs")
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
+	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
 	_ = f.MarkHidden("cpu-profile")
 	return cmd
@@ -212,7 +214,7 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
-	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther})
+	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}

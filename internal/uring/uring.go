@@ -1,0 +1,231 @@
+// Package uring is the small part of Linux io_uring that volfs uses: one
+// ring with 128-byte submission entries (FUSE-over-io_uring commands need
+// them), read and write on fds, URING_CMD on a fixed file, and completions.
+//
+// A Ring is not safe for concurrent use: one goroutine, locked to its OS
+// thread, owns it (the rings are set up with SINGLE_ISSUER and
+// DEFER_TASKRUN, so completion work runs only when that thread enters the
+// kernel to wait).
+package uring
+
+import (
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Opcodes and flags from <linux/io_uring.h>.
+const (
+	OpRead     = 22
+	OpWrite    = 23
+	OpUringCmd = 46
+
+	SqeFixedFile = 1 << 0
+
+	setupCoopTaskrun  = 1 << 8
+	setupSQE128       = 1 << 10
+	setupSingleIssuer = 1 << 12
+	setupDeferTaskrun = 1 << 13
+
+	featSingleMmap = 1 << 0
+
+	enterGetEvents = 1 << 0
+	enterExtArg    = 1 << 3
+
+	registerFiles = 2
+
+	offSQRing = 0
+	offCQRing = 0x8000000
+	offSQEs   = 0x10000000
+
+	sqeSize = 128 // with SQE128
+	cqeSize = 16
+)
+
+type sqRingOffsets struct {
+	Head, Tail, RingMask, RingEntries, Flags, Dropped, Array, Resv1 uint32
+	UserAddr                                                        uint64
+}
+
+type cqRingOffsets struct {
+	Head, Tail, RingMask, RingEntries, Overflow, Cqes, Flags, Resv1 uint32
+	UserAddr                                                        uint64
+}
+
+type params struct {
+	SqEntries, CqEntries, Flags, SqThreadCPU, SqThreadIdle, Features, WqFd uint32
+	Resv                                                                   [3]uint32
+	SqOff                                                                  sqRingOffsets
+	CqOff                                                                  cqRingOffsets
+}
+
+// SQE is a submission entry (the first 64 bytes; Cmd is the 80-byte
+// command area that follows with SQE128).
+type SQE struct {
+	Opcode   uint8
+	Flags    uint8
+	Ioprio   uint16
+	Fd       int32
+	Off      uint64 // also cmd_op in its low 32 bits for URING_CMD
+	Addr     uint64
+	Len      uint32
+	OpFlags  uint32
+	UserData uint64
+	BufIndex uint16
+	Personal uint16
+	FileIdx  int32
+	Cmd      [80]byte
+}
+
+// CQE is a completion entry.
+type CQE struct {
+	UserData uint64
+	Res      int32
+	Flags    uint32
+}
+
+// Ring is one io_uring instance.
+type Ring struct {
+	fd      int
+	sqMem   []byte
+	cqMem   []byte
+	sqeMem  []byte
+	sqHead  *atomic.Uint32
+	sqTail  *atomic.Uint32
+	sqMask  uint32
+	sqArray []uint32
+	cqHead  *atomic.Uint32
+	cqTail  *atomic.Uint32
+	cqMask  uint32
+	cqes    []CQE
+	sqes    []SQE
+	pending uint32 // SQEs filled but not yet submitted
+	tail    uint32 // our copy of the SQ tail
+}
+
+// New sets up a ring with room for entries submissions (a power of two)
+// and twice as many completions.
+func New(entries uint32) (*Ring, error) {
+	p := params{Flags: setupSQE128 | setupSingleIssuer | setupDeferTaskrun | setupCoopTaskrun}
+	fd, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
+	if errno != 0 {
+		return nil, fmt.Errorf("io_uring_setup: %w", errno)
+	}
+	r := &Ring{fd: int(fd)}
+	if p.Features&featSingleMmap == 0 {
+		r.Close()
+		return nil, fmt.Errorf("io_uring: kernel lacks IORING_FEAT_SINGLE_MMAP")
+	}
+	ringSize := max(p.SqOff.Array+p.SqEntries*4, p.CqOff.Cqes+p.CqEntries*cqeSize)
+	mem, err := unix.Mmap(r.fd, offSQRing, int(ringSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("io_uring mmap rings: %w", err)
+	}
+	r.sqMem, r.cqMem = mem, mem
+	sqes, err := unix.Mmap(r.fd, offSQEs, int(p.SqEntries*sqeSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("io_uring mmap sqes: %w", err)
+	}
+	r.sqeMem = sqes
+	r.sqHead = (*atomic.Uint32)(unsafe.Pointer(&mem[p.SqOff.Head]))
+	r.sqTail = (*atomic.Uint32)(unsafe.Pointer(&mem[p.SqOff.Tail]))
+	r.sqMask = *(*uint32)(unsafe.Pointer(&mem[p.SqOff.RingMask]))
+	r.sqArray = unsafe.Slice((*uint32)(unsafe.Pointer(&mem[p.SqOff.Array])), p.SqEntries)
+	r.cqHead = (*atomic.Uint32)(unsafe.Pointer(&mem[p.CqOff.Head]))
+	r.cqTail = (*atomic.Uint32)(unsafe.Pointer(&mem[p.CqOff.Tail]))
+	r.cqMask = *(*uint32)(unsafe.Pointer(&mem[p.CqOff.RingMask]))
+	r.cqes = unsafe.Slice((*CQE)(unsafe.Pointer(&mem[p.CqOff.Cqes])), p.CqEntries)
+	r.sqes = unsafe.Slice((*SQE)(unsafe.Pointer(&sqes[0])), p.SqEntries)
+	r.tail = r.sqTail.Load()
+	return r, nil
+}
+
+// Close releases the ring.
+func (r *Ring) Close() {
+	if r.sqeMem != nil {
+		unix.Munmap(r.sqeMem)
+	}
+	if r.sqMem != nil {
+		unix.Munmap(r.sqMem)
+	}
+	unix.Close(r.fd)
+}
+
+// RegisterFiles makes fds the ring's fixed files 0..n-1: the ring keeps
+// its own reference, so a fixed file stays valid whoever closes the fd.
+func (r *Ring) RegisterFiles(fds []int32) error {
+	_, _, errno := unix.Syscall6(unix.SYS_IO_URING_REGISTER, uintptr(r.fd), registerFiles,
+		uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("io_uring register files: %w", errno)
+	}
+	return nil
+}
+
+// SQE returns a cleared submission entry to fill, or nil if the
+// submission queue is full (submit first).
+func (r *Ring) SQE() *SQE {
+	if r.tail-r.sqHead.Load() >= uint32(len(r.sqes)) {
+		return nil
+	}
+	i := r.tail & r.sqMask
+	s := &r.sqes[i]
+	*s = SQE{}
+	r.sqArray[i] = i
+	r.tail++
+	r.pending++
+	return s
+}
+
+// getEventsArg is struct io_uring_getevents_arg.
+type getEventsArg struct {
+	Sigmask   uint64
+	SigmaskSz uint32
+	MinWait   uint32
+	Ts        uint64
+}
+
+// maxWait bounds one wait in the kernel (see SubmitAndWait).
+var maxWait = unix.Timespec{Nsec: 250e6}
+
+// SubmitAndWait submits what SQE handed out and waits until at least
+// wait completions are there, or at most a quarter second. EINTR and the
+// timeout are not errors: it returns early.
+//
+// The wait is a raw system call: the thread keeps its P, so the Go
+// scheduler does not hand the P off and wake another thread each time
+// the queue sleeps (measured: QD1 latency +35 µs over the raw device with
+// a plain syscall, +21 µs raw). A stop-the-world still gets through: the
+// runtime's preemption signal ends the wait with EINTR, and the bounded
+// wait covers a signal that came just before the wait began.
+func (r *Ring) SubmitAndWait(wait uint32) error {
+	r.sqTail.Store(r.tail)
+	flags, arg, argSz := uintptr(0), uintptr(0), uintptr(0)
+	if wait > 0 {
+		ga := getEventsArg{Ts: uint64(uintptr(unsafe.Pointer(&maxWait)))}
+		flags, arg, argSz = enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(&ga)), unsafe.Sizeof(ga)
+	}
+	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), uintptr(wait), flags, arg, argSz)
+	if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY && errno != syscall.ETIME {
+		return fmt.Errorf("io_uring_enter: %w", errno)
+	}
+	if errno == 0 {
+		r.pending -= uint32(n)
+	}
+	return nil
+}
+
+// Completions calls f for each completion there is and consumes them.
+func (r *Ring) Completions(f func(*CQE)) {
+	head := r.cqHead.Load()
+	tail := r.cqTail.Load()
+	for ; head != tail; head++ {
+		f(&r.cqes[head&r.cqMask])
+	}
+	r.cqHead.Store(head)
+}
