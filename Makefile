@@ -23,8 +23,11 @@ test: deps lint hosttest racetest vmtest
 hosttest:
 	$(GO) test -count=1 ./...
 
+# The race detector on the packages, and on the server the host
+# integration suite drives (built with -race).
 racetest:
-	$(GO) test -count=1 -race ./fs/... ./meta/... ./volmap/...
+	$(GO) test -count=1 -race ./fs/... ./meta/... ./volmap/... ./internal/uring/...
+	VOLFS_TEST_RACE=1 $(GO) test -count=1 ./integration/
 
 # Packages with tests that need device-mapper and LVM run inside a
 # throw-away guest; on the host those tests skip. integration/lvm drives the

@@ -21,8 +21,8 @@ def rows: [
   ["cvin", "MBps", "qemu-img convert in", "MB/s"],
   ["cvout", "MBps", "qemu-img convert out", "MB/s"]
 ];
-def sides: ["raw", "volfs", "qsd", "ext4", "ext4s"];
-def side_names: ["raw device", "volfs", "qemu-storage-daemon", "ext4 prealloc", "ext4 sparse"];
+def sides: ["raw", "volfs", "volfsdev", "qsd", "ext4", "ext4s"];
+def side_names: ["raw device", "volfs", "volfs /dev/fuse", "qemu-storage-daemon", "ext4 prealloc", "ext4 sparse"];
 def devs: ["shm", "disk"];
 
 def median: sort | if length == 0 then null

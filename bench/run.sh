@@ -1,7 +1,9 @@
 #!/bin/bash
 # volfs benchmark (issue #4): the same block device measured side by side as
 #   raw    the loop device itself (the limit)
-#   volfs  the volfs file of that device
+#   volfs  the volfs file of that device (FUSE over io_uring where the
+#          kernel has it), and "volfsdev": the same with --io-uring=false
+#          (requests through /dev/fuse), to measure that lever
 #   qsd    the device exported as a file by qemu-storage-daemon's FUSE export
 #   ext4   a preallocated raw image on ext4 made on that device (O_DIRECT,
 #          QEMU cache=none style), and a sparse one ("ext4s": first writes
@@ -20,7 +22,7 @@
 #   BENCH_RUNTIME=2s     fio runtime of each time-based job (fio units)
 #   BENCH_RAMP=500ms     fio ramp time before each time-based job
 #   BENCH_DEVICES="shm disk"          which loop devices
-#   BENCH_SIDES="raw volfs qsd ext4"  which sides
+#   BENCH_SIDES="raw volfs volfsdev qsd ext4"  which sides
 #   BENCH_JOBS_SHM / BENCH_JOBS_DISK  job lists (see job_label below)
 #   BENCH_DEV_MIB=1280   loop device size (the jobs use its first GiB)
 #   VOLFS=path           volfs binary (default bin/volfs, built if missing)
@@ -55,7 +57,7 @@ else
   JOBS[disk]=${BENCH_JOBS_DISK:-"seqread seqwrite randread32 randwrite32 randread1 syncwrite1 cpin cpout"}
 fi
 devices=${BENCH_DEVICES:-"shm disk"}
-sides=${BENCH_SIDES:-"raw volfs qsd ext4"}
+sides=${BENCH_SIDES:-"raw volfs volfsdev qsd ext4"}
 dev_mib=${BENCH_DEV_MIB:-1280}
 region=1g            # fio works on the first GiB of every side
 image_bytes=$((1 << 30))
@@ -67,7 +69,7 @@ known_jobs=" seqread seqwrite randread32 randwrite32 randread32u randwrite32u ra
 for j in ${JOBS[shm]} ${JOBS[disk]}; do
   [[ $known_jobs == *" $j "* ]] || { echo "unknown job $j (known:$known_jobs)" >&2; exit 2; }
 done
-for s in $sides; do [[ $s =~ ^(raw|volfs|qsd|ext4)$ ]] || { echo "unknown side $s" >&2; exit 2; }; done
+for s in $sides; do [[ $s =~ ^(raw|volfs|volfsdev|qsd|ext4)$ ]] || { echo "unknown side $s" >&2; exit 2; }; done
 
 log() { printf '[%4ds] %s\n' "$SECONDS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -342,18 +344,21 @@ side_raw() { # rep kind jobs...
   for j in "$@"; do run_job "$rep" "$kind" raw "$j" "${DEV[$kind]}" "" || true; done
 }
 
-side_volfs() {
-  local rep=$1 kind=$2 j; shift 2
-  local dev=${DEV[$kind]} mnt=$work/volfs-$kind pid
+side_volfs() { volfs_side volfs "" "$@"; }
+side_volfsdev() { volfs_side volfsdev --io-uring=false "$@"; }
+
+volfs_side() { # side flag rep kind jobs...
+  local side=$1 flag=$2 rep=$3 kind=$4 j; shift 4
+  local dev=${DEV[$kind]} mnt=$work/$side-$kind pid
   [[ ${DIRTY[$kind]} == 1 ]] && prefill "$kind"
   mkdir -p "$mnt" "$work/state-$kind"
   volfs_mnts+=("$mnt")
-  "$volfs" mount --device "$dev" --state-dir "$work/state-$kind" --log-file "$rawdir/volfs-$kind.log" "$mnt"
+  "$volfs" mount --device "$dev" --state-dir "$work/state-$kind" --log-file "$rawdir/$side-$kind.log" ${flag:+"$flag"} "$mnt"
   pid=$(cat "/run/volfs/$(printf %s "$mnt" | sha256sum | cut -c1-16).pid" 2>/dev/null) ||
     pid=$(pgrep -n -f -- "--foreground.* $mnt\$") || die "cannot find the volfs server of $mnt"
   live_pids[$pid]=$(cat "/proc/$pid/comm")
   for j in "$@"; do
-    run_job "$rep" "$kind" volfs "$j" "$mnt/${dev#/dev/}" "$pid" || true
+    run_job "$rep" "$kind" "$side" "$j" "$mnt/${dev#/dev/}" "$pid" || true
     alive "$pid" || break
   done
   if ! "$volfs" umount --timeout 60s "$mnt"; then
@@ -442,7 +447,7 @@ elapsed=$SECONDS
 
 # --- report ---------------------------------------------------------------------------------
 volfs_log_issues=0
-for f in "$rawdir"/volfs-*.log; do
+for f in "$rawdir"/volfs-*.log "$rawdir"/volfsdev-*.log; do
   [[ -e $f ]] || continue
   cnt=$(grep -Ec 'level=(WARN|ERROR)|panic' "$f" || true)
   volfs_log_issues=$((volfs_log_issues + cnt))
@@ -463,13 +468,14 @@ dev_note() {
     "$(sed -n 's/^PRETTY_NAME="*\([^"]*\)"*$/\1/p' /etc/os-release)"
   echo "- load average at start / end: $load_start / $load_end (other work on the machine shows here)"
   echo "- volfs: git $(git -C "$repo" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)," \
-    "binary '$("$volfs" version 2>/dev/null | head -1)'; volfs log lines at WARN/ERROR: $volfs_log_issues"
+    "binary '$("$volfs" version 2>/dev/null | head -1)'; volfs log lines at WARN/ERROR: $volfs_log_issues;" \
+    "volfs transport: $(grep -ho 'serving FUSE requests through io_uring.*' "$rawdir"/volfs-*.log 2>/dev/null | sed 's/ mount=[^ ]*//' | sort -u | head -1 | grep . || echo '/dev/fuse (no io_uring)')"
   echo "- tools: $(fio --version), $(qemu-storage-daemon --version | head -1 | sed 's/ (.*//'), $(qemu-img --version | head -1 | sed 's/ (.*//')"
   echo "- repetitions: $repeat (side order rotated each repetition); fio jobs: ${runtime} after ${ramp} ramp, on the first GiB of each side$([[ $quick == 1 ]] && echo "; QUICK mode")"
   for kind in $devices; do echo "- $(dev_note "$kind"); jobs: ${JOBS[$kind]}"; done
   cat <<'EOF'
-- sides: **raw** the loop device; **volfs** its volfs file; **qsd** `qemu-storage-daemon --blockdev driver=host_device,cache.direct=on,aio=native --export type=fuse,writable=on` (the same device as a file); **ext4 prealloc** a 1 GiB raw image written in full (`qemu-img create -o preallocation=full`) on ext4 made on the device, opened O_DIRECT; **ext4 sparse** a fresh sparse 1 GiB file for each write job (first writes allocate), and new files for cp / qemu-img convert in
-- cell: median (min–max over repetitions) and ratio of the medians to raw; ↓ = lower is better; server CPU = utime+stime of the volfs / qemu-storage-daemon process per GiB that reached the device, in ms
+- sides: **raw** the loop device; **volfs** its volfs file; **volfs /dev/fuse** the same with `--io-uring=false`; **qsd** `qemu-storage-daemon --blockdev driver=host_device,cache.direct=on,aio=native --export type=fuse,writable=on` (the same device as a file); **ext4 prealloc** a 1 GiB raw image written in full (`qemu-img create -o preallocation=full`) on ext4 made on the device, opened O_DIRECT; **ext4 sparse** a fresh sparse 1 GiB file for each write job (first writes allocate), and new files for cp / qemu-img convert in
+- cell: median (min–max over repetitions) and ratio of the medians to raw; ↓ = lower is better; server CPU = utime+stime of the volfs (io_uring) / qemu-storage-daemon process per GiB that reached the device, in ms
 - jobs: libaio/io_uring with O_DIRECT; QD1 rows are libaio depth 1; fdatasync after each write; buffered read: one pass, 1 MiB reads, cache dropped first; cp in = 1 GiB random image + fsync; qemu-img convert in `-t none` (`-n` onto devices and the preallocated image); out = the whole file (1.25 GiB for device sides, 1 GiB image for ext4) to tmpfs after dropping the source's cache; copy rows show MB/s [median seconds]
 EOF
   echo
@@ -477,7 +483,7 @@ EOF
 } >"$rawdir/results.md"
 
 cat "$rawdir/results.md"
-if [[ $quick != 1 && $devices == "shm disk" && $sides == "raw volfs qsd ext4" ]]; then
+if [[ $quick != 1 && $devices == "shm disk" && $sides == "raw volfs volfsdev qsd ext4" ]]; then
   cp "$rawdir/results.md" "$here/results/latest.md"
   log "wrote bench/results/latest.md"
 fi

@@ -67,3 +67,24 @@ func TestBuffersAligned(t *testing.T) {
 		putBuf(b)
 	}
 }
+
+func TestCountCPUs(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want int
+		ok   bool
+	}{
+		{"0-1\n", 2, true},
+		{"0", 1, true},
+		{"0-3,8", 5, true},
+		{"0,2,4-7", 6, true},
+		{"", 0, false},
+		{"3-1", 0, false},
+		{"x", 0, false},
+	} {
+		n, err := countCPUs(c.list)
+		if (err == nil) != c.ok || n != c.want {
+			t.Errorf("countCPUs(%q) = %d, %v; want %d (ok %v)", c.list, n, err, c.want, c.ok)
+		}
+	}
+}

@@ -45,6 +45,7 @@ const (
 
 	opRead  = 15
 	opWrite = 16
+	opFsync = 20
 	opInit  = 26
 
 	// ringDepth is the number of requests a queue holds at once. Each
@@ -55,7 +56,7 @@ const (
 // user_data of a ring operation: its kind and the entry it belongs to.
 const (
 	kindFuse = iota + 1 // a FUSE request arrived (or the entry ended)
-	kindDev             // the device I/O of a fast-path request completed
+	kindDev             // the device operation of a fast-path request completed
 	kindWake            // workers finished replies (eventfd)
 )
 
@@ -124,10 +125,9 @@ type ringEnt struct {
 	payload []byte // maxIO, page aligned
 	iov     *[2]unix.Iovec
 	// A fast-path request on the device: the device it holds a
-	// reference to, and the image its write dates.
-	dev   *device
-	img   *Image
-	write bool
+	// reference to, and the image it is for.
+	dev *device
+	img *Image
 }
 
 func (e *ringEnt) in() *fuse.InHeader { return (*fuse.InHeader)(unsafe.Pointer(&e.hdr[0])) }
@@ -220,6 +220,11 @@ func (s *ringServer) start(srv *fuse.Server, rawFS fuse.RawFileSystem, mo *fuse.
 	if _, st := s.ps.HandleRequest([][]byte{unsafe.Slice((*byte)(unsafe.Pointer(&ks)), unsafe.Sizeof(ks))}, [][]byte{reply[:]}); !st.Ok() {
 		return fmt.Errorf("initializing the ring's protocol server: %v", st)
 	}
+	// Each queue's thread keeps its P while it waits in the kernel
+	// (uring.SubmitAndWait): the rest of the server needs Ps besides.
+	if need := nq + runtime.NumCPU(); runtime.GOMAXPROCS(0) < need {
+		runtime.GOMAXPROCS(need)
+	}
 	errs := make(chan error, nq)
 	for q := range nq {
 		s.wg.Add(1)
@@ -307,16 +312,21 @@ func possibleCPUs() (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	return countCPUs(string(b))
+}
+
+// countCPUs counts the CPUs of a list such as "0-3,8".
+func countCPUs(list string) (int, error) {
 	n := 0
-	for _, r := range strings.Split(strings.TrimSpace(string(b)), ",") {
+	for _, r := range strings.Split(strings.TrimSpace(list), ",") {
 		first, last, isRange := strings.Cut(r, "-")
 		if !isRange {
 			last = first
 		}
 		lo, err1 := strconv.Atoi(first)
 		hi, err2 := strconv.Atoi(last)
-		if err1 != nil || err2 != nil || hi < lo {
-			return 0, fmt.Errorf("cannot parse /sys/devices/system/cpu/possible: %q", b)
+		if err1 != nil || err2 != nil || lo < 0 || hi < lo {
+			return 0, fmt.Errorf("cannot parse the CPU list %q", list)
 		}
 		n += hi - lo + 1
 	}
@@ -369,6 +379,7 @@ func (s *ringServer) newQueue(qid int) (*ringQueue, error) {
 		q.close()
 		return nil, err
 	}
+	_ = unix.Madvise(big, unix.MADV_HUGEPAGE)
 	q.wake = small[ringDepth*hdrStride:]
 	q.ents = make([]ringEnt, ringDepth)
 	for i := range q.ents {
@@ -537,57 +548,81 @@ func (q *ringQueue) finished(i, payload int) {
 	}
 }
 
-// startDirect starts entry i's request as device I/O on the ring if it is
-// a READ or WRITE that the data path would do with one aligned O_DIRECT
-// call: an open image, inside its size, aligned to the device's block
-// size. Anything else (the end of the file, growth, unaligned bytes) takes
-// the handle's own code.
+// startDirect starts entry i's request as a device operation on the ring
+// if the handle's code would do it with one call on the device: a READ or
+// WRITE of an open image inside its size and aligned to the device's block
+// size (one O_DIRECT call), or an fdatasync (the device's flush). Anything
+// else (the end of the file, growth, unaligned bytes, an fsync that
+// persists attributes) takes the handle's own code.
 func (q *ringQueue) startDirect(i int) bool {
 	e := &q.ents[i]
 	h := e.in()
-	if h.Opcode != opRead && h.Opcode != opWrite {
+	if h.Opcode != opRead && h.Opcode != opWrite && h.Opcode != opFsync {
 		return false
 	}
 	n := q.s.root.openImage(h.NodeId)
 	if n == nil {
 		return false
 	}
-	a := e.args()
-	off, size := int64(a.Offset), int64(a.Size)
-	write := h.Opcode == opWrite
-	if write {
-		if off < 0 || off+size > n.size.Load() || int64(e.inOut().PayloadSz) != size {
+	d := n.dev.Load()
+	if d == nil {
+		return false
+	}
+	var op uint8
+	var off, size int64
+	switch h.Opcode {
+	case opFsync:
+		// fuse_fsync_in: fh, fsync_flags.
+		if *(*uint32)(unsafe.Pointer(&e.hdr[ringOpInOff+8]))&fsyncDataOnly == 0 {
 			return false
 		}
-	} else {
+		op = uring.OpFsync
+	case opRead:
+		a := e.args()
+		off, size = int64(a.Offset), int64(a.Size)
 		if off < 0 || off >= n.size.Load() {
 			return false
 		}
 		size = min(size, n.size.Load()-off)
+		op = uring.OpRead
+	case opWrite:
+		a := e.args()
+		off, size = int64(a.Offset), int64(a.Size)
+		if off < 0 || off+size > n.size.Load() || int64(e.inOut().PayloadSz) != size {
+			return false
+		}
+		op = uring.OpWrite
 	}
-	d := n.dev.Load()
-	if d == nil || size == 0 || size > maxIO || !d.aligned(off, int(size)) || !d.acquire() {
+	if op != uring.OpFsync && (size == 0 || size > maxIO || !d.aligned(off, int(size))) {
 		return false
 	}
-	e.dev, e.img, e.write = d, n, write
-	s := q.sqe()
-	s.Opcode = uring.OpRead
-	if write {
-		s.Opcode = uring.OpWrite
+	if !d.acquire() {
+		return false
 	}
+	e.dev, e.img = d, n
+	s := q.sqe()
+	s.Opcode = op
 	s.Fd = d.fd
-	s.Addr = uint64(uintptr(unsafe.Pointer(&e.payload[0])))
-	s.Len = uint32(size)
-	s.Off = uint64(off)
+	if op == uring.OpFsync {
+		// The direct fd flushes the whole block device, as the buffered
+		// one does in the handle's Fsync: its dirty page cache, then the
+		// device's write cache.
+		s.OpFlags = uring.FsyncDatasync
+	} else {
+		s.Addr = uint64(uintptr(unsafe.Pointer(&e.payload[0])))
+		s.Len = uint32(size)
+		s.Off = uint64(off)
+	}
 	s.UserData = userData(kindDev, i)
 	return true
 }
 
-// directDone replies to a fast-path request whose device I/O completed.
+// directDone replies to a fast-path request whose device operation
+// completed.
 func (q *ringQueue) directDone(i int, res int32) {
 	e := &q.ents[i]
 	e.dev.release()
-	img, write := e.img, e.write
+	img := e.img
 	e.dev, e.img = nil, nil
 	if res < 0 {
 		// Let the handle's code redo it: it maps and logs the error
@@ -595,14 +630,31 @@ func (q *ringQueue) directDone(i int, res int32) {
 		go q.serve(i)
 		return
 	}
-	q.s.direct.Add(1)
-	n := int(res)
-	if write {
+	n := 0
+	switch e.in().Opcode {
+	case opRead:
+		n = int(res)
+	case opWrite:
 		img.wtime.Store(time.Now().UnixNano())
 		img.written.Store(true)
 		*(*[2]uint32)(unsafe.Pointer(&e.payload[0])) = [2]uint32{uint32(res), 0} // fuse_write_out
 		n = 8
+	case opFsync:
+		// fdatasync persists the size too if it changed (Fsync): then,
+		// or if the image is busy, the handle's code does the rest (the
+		// device is clean by now, its flush is cheap).
+		if !img.mu.TryLock() {
+			go q.serve(i)
+			return
+		}
+		changed := img.sizeChangedLocked()
+		img.mu.Unlock()
+		if changed {
+			go q.serve(i)
+			return
+		}
 	}
+	q.s.direct.Add(1)
 	*e.out() = outHeader{Len: uint32(outHeaderSize + n), Unique: e.in().Unique}
 	e.inOut().PayloadSz = uint32(n)
 	q.commit(i)

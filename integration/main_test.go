@@ -36,7 +36,16 @@ func run(m *testing.M) int {
 		return 1
 	}
 	volfsBin = filepath.Join(tmpRoot, "volfs")
-	if out, err := exec.Command("go", "build", "-o", volfsBin, "../cmd/volfs").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", volfsBin}
+	race := os.Getenv("VOLFS_TEST_RACE") == "1"
+	if race {
+		// make racetest: the server under test runs with the race
+		// detector (its io_uring queues and request goroutines). It runs
+		// detached, so its reports go to files that fail the run.
+		build = append(build, "-race")
+		os.Setenv("GORACE", "log_path="+filepath.Join(tmpRoot, "race"))
+	}
+	if out, err := exec.Command("go", append(build, "../cmd/volfs")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building volfs: %v\n%s", err, out)
 		return 1
 	}
@@ -54,6 +63,14 @@ func run(m *testing.M) int {
 	if loops := testutil.LeakedLoops(); len(loops) > 0 {
 		fmt.Fprintf(os.Stderr, "FAIL: loop devices left behind: %s\n", strings.Join(loops, ", "))
 		code = 1
+	}
+	if race {
+		reports, _ := filepath.Glob(filepath.Join(tmpRoot, "race.*"))
+		for _, r := range reports {
+			b, _ := os.ReadFile(r)
+			fmt.Fprintf(os.Stderr, "FAIL: data race in the server (%s):\n%s\n", r, b)
+			code = 1
+		}
 	}
 	return code
 }

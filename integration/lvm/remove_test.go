@@ -182,6 +182,11 @@ func TestNoSpace(t *testing.T) {
 	// Room for 2 extents: the file grows as far as it can (geometric steps
 	// fail, exact ones succeed), then ENOSPC.
 	sh(t, "lvreduce", "-q", "-f", "-l", "-2", e.vg+"/filler")
+	// volfs's view of the free space is up to a second old (README);
+	// once statfs shows the room, creating a file succeeds.
+	waitFor(t, "statfs shows the freed extents", 10*time.Second, func() bool {
+		return syscall.Statfs(m.dir, &st) == nil && st.Bavail > 0
+	})
 	out, err = try("cp", src, m.path("part"))
 	if err == nil || !strings.Contains(out, "No space left on device") {
 		t.Fatalf("cp of 20 MiB into 8 MiB: %v: %s", err, out)

@@ -19,11 +19,13 @@ import (
 
 // Opcodes and flags from <linux/io_uring.h>.
 const (
+	OpFsync    = 3
 	OpRead     = 22
 	OpWrite    = 23
 	OpUringCmd = 46
 
-	SqeFixedFile = 1 << 0
+	SqeFixedFile  = 1 << 0
+	FsyncDatasync = 1 << 0 // OpFlags of OpFsync
 
 	setupCoopTaskrun  = 1 << 8
 	setupSQE128       = 1 << 10

@@ -1,0 +1,85 @@
+package uring
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"unsafe"
+)
+
+// TestReadWrite writes a file through the ring and reads it back, as the
+// FUSE queues do with devices.
+func TestReadWrite(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := New(8)
+	if err != nil {
+		t.Skipf("no io_uring here: %v", err)
+	}
+	defer r.Close()
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	want := bytes.Repeat([]byte("volfs ring "), 1000)
+	got := make([]byte, len(want))
+	do := func(op uint8, buf []byte, off uint64, tag uint64) int32 {
+		t.Helper()
+		s := r.SQE()
+		s.Opcode, s.Fd = op, int32(f.Fd())
+		s.Addr, s.Len, s.Off = uint64(uintptr(unsafe.Pointer(&buf[0]))), uint32(len(buf)), off
+		s.UserData = tag
+		if err := r.SubmitAndWait(1); err != nil {
+			t.Fatal(err)
+		}
+		var res int32 = -1
+		n := 0
+		r.Completions(func(c *CQE) {
+			if c.UserData != tag {
+				t.Errorf("completion for %d, want %d", c.UserData, tag)
+			}
+			res = c.Res
+			n++
+		})
+		if n != 1 {
+			t.Fatalf("%d completions, want 1", n)
+		}
+		return res
+	}
+	if n := do(OpWrite, want, 4096, 7); n != int32(len(want)) {
+		t.Fatalf("write: %d", n)
+	}
+	if n := do(OpRead, got, 4096, 8); n != int32(len(want)) {
+		t.Fatalf("read: %d", n)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read back differs from what was written")
+	}
+	if n := do(OpRead, got, 1<<30, 9); n != 0 {
+		t.Fatalf("read past the end: %d, want 0", n)
+	}
+}
+
+// TestFullQueue checks that SQE reports a full submission queue instead of
+// overwriting entries not yet submitted.
+func TestFullQueue(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := New(4)
+	if err != nil {
+		t.Skipf("no io_uring here: %v", err)
+	}
+	defer r.Close()
+	for i := range 4 {
+		if r.SQE() == nil {
+			t.Fatalf("SQE %d: queue full too early", i)
+		}
+	}
+	if r.SQE() != nil {
+		t.Fatal("a fifth SQE in a queue of four")
+	}
+}
