@@ -106,11 +106,13 @@ type ringServer struct {
 
 // ringQueue is one queue: its ring, entries and the thread that owns them.
 type ringQueue struct {
-	s    *ringServer
-	qid  int
-	r    *uring.Ring
-	ents []ringEnt
-	live int // entries still registered with the kernel
+	s          *ringServer
+	qid        int
+	r          *uring.Ring
+	ents       []ringEnt
+	live       int           // entries still registered with the kernel
+	inDevice   int           // fast-path device operations in flight
+	devLatency time.Duration // moving average of their durations
 
 	efd  int
 	wake []byte // eventfd read buffer (8 bytes, not Go memory)
@@ -126,8 +128,9 @@ type ringEnt struct {
 	iov     *[2]unix.Iovec
 	// A fast-path request on the device: the device it holds a
 	// reference to, and the image it is for.
-	dev *device
-	img *Image
+	dev     *device
+	img     *Image
+	started time.Time
 }
 
 func (e *ringEnt) in() *fuse.InHeader { return (*fuse.InHeader)(unsafe.Pointer(&e.hdr[0])) }
@@ -351,7 +354,15 @@ func (s *ringServer) runQueue(qid int, errs chan<- error) {
 	q.loop()
 }
 
+// testFailQueue is fault injection for the integration tests: the queue
+// whose number VOLFS_TEST_FAIL_QUEUE names fails to start, as a real
+// failure would, after the kernel agreed to io_uring.
+var testFailQueue = os.Getenv("VOLFS_TEST_FAIL_QUEUE")
+
 func (s *ringServer) newQueue(qid int) (*ringQueue, error) {
+	if testFailQueue == strconv.Itoa(qid) {
+		return nil, errors.New("failed on purpose (VOLFS_TEST_FAIL_QUEUE)")
+	}
 	r, err := uring.New(4 * ringDepth)
 	if err != nil {
 		return nil, err
@@ -449,6 +460,10 @@ func (q *ringQueue) armWake() {
 
 func (q *ringQueue) loop() {
 	for q.live > 0 {
+		if q.inDevice > 0 && q.inDevice <= spinMaxInFlight && q.devLatency < spinIfUnder && q.spin() {
+			q.r.Completions(q.complete)
+			continue
+		}
 		if err := q.r.SubmitAndWait(1); err != nil {
 			q.s.log.Error("io_uring wait; the queue stops", slog.Int("queue", q.qid), slog.Any("err", err))
 			return
@@ -456,6 +471,35 @@ func (q *ringQueue) loop() {
 		q.r.Completions(q.complete)
 	}
 }
+
+// spin polls for up to spinFor when few device operations are in flight
+// (a queue depth of one or two) and the device usually completes within
+// that: sleeping until it does costs the queue's thread a wake-up, about
+// 10 µs on these machines (measured on a tmpfs-backed loop device: QD1
+// mean 34-42 µs with the spin, 53-62 µs without, 26-30 µs raw). A slower
+// device (a disk) is never waited for this way.
+func (q *ringQueue) spin() bool {
+	deadline := time.Now().Add(spinFor)
+	for {
+		if err := q.r.Poll(); err != nil {
+			return false
+		}
+		if q.r.Ready() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+const (
+	spinMaxInFlight = 2
+	spinFor         = 30 * time.Microsecond
+	// The moving average counts from submission to the completion's
+	// handling, a sleeping queue's wake-up included.
+	spinIfUnder = 50 * time.Microsecond
+)
 
 func (q *ringQueue) complete(c *uring.CQE) {
 	i := int(uint32(c.UserData))
@@ -599,7 +643,8 @@ func (q *ringQueue) startDirect(i int) bool {
 	if !d.acquire() {
 		return false
 	}
-	e.dev, e.img = d, n
+	e.dev, e.img, e.started = d, n, time.Now()
+	q.inDevice++
 	s := q.sqe()
 	s.Opcode = op
 	s.Fd = d.fd
@@ -621,6 +666,8 @@ func (q *ringQueue) startDirect(i int) bool {
 // completed.
 func (q *ringQueue) directDone(i int, res int32) {
 	e := &q.ents[i]
+	q.inDevice--
+	q.devLatency += (time.Since(e.started) - q.devLatency) / 8
 	e.dev.release()
 	img := e.img
 	e.dev, e.img = nil, nil

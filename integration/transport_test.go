@@ -89,3 +89,29 @@ func TestTransports(t *testing.T) {
 		})
 	}
 }
+
+// TestTransportFallback: once INIT has agreed on io_uring the kernel holds
+// every request until all queues are registered. If one cannot start, the
+// mount must not hang: volfs makes the kernel fall back to /dev/fuse.
+func TestTransportFallback(t *testing.T) {
+	if !kernelHasFUSEURing() {
+		t.Skip("this kernel has no FUSE over io_uring (/sys/module/fuse/parameters/enable_uring)")
+	}
+	testutil.Need(t, "fio")
+	t.Setenv("VOLFS_TEST_FAIL_QUEUE", "1")
+	m, dev := setup(t, 16<<20)
+	sh(t, "fio", "--name=fallback", "--filename="+m.path(dev), "--rw=randrw", "--bsrange=512-256k",
+		"--size=12M", "--ioengine=libaio", "--iodepth=8", "--direct=1", "--verify=crc32c",
+		"--verify_fatal=1", "--verify_state_save=0", "--do_verify=1", "--output-format=terse")
+	sh(t, "ls", "-l", m.dir)
+	m.umount()
+	log, err := os.ReadFile(m.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(log, []byte("did not start; serving through /dev/fuse")) ||
+		bytes.Contains(log, []byte("serving FUSE requests through io_uring")) ||
+		bytes.Contains(log, []byte("cannot make the kernel fall back")) {
+		t.Fatalf("want a fall back to /dev/fuse after a queue failed:\n%s", log)
+	}
+}

@@ -222,6 +222,23 @@ func (r *Ring) SubmitAndWait(wait uint32) error {
 	return nil
 }
 
+// Poll submits what SQE handed out and runs the completion work pending,
+// without waiting: completions that are ready appear for Completions.
+func (r *Ring) Poll() error {
+	r.sqTail.Store(r.tail)
+	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), 0, enterGetEvents, 0, 0)
+	if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY {
+		return fmt.Errorf("io_uring_enter: %w", errno)
+	}
+	if errno == 0 {
+		r.pending -= uint32(n)
+	}
+	return nil
+}
+
+// Ready reports whether completions are waiting.
+func (r *Ring) Ready() bool { return r.cqHead.Load() != r.cqTail.Load() }
+
 // Completions calls f for each completion there is and consumes them.
 func (r *Ring) Completions(f func(*CQE)) {
 	head := r.cqHead.Load()
