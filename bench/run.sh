@@ -209,7 +209,13 @@ alive() {
   s=${s##*) }
   [[ ${s:0:1} != Z ]]
 }
-dev_sectors() { awk '{ print $3 + $7 }' "/sys/block/${1#/dev/}/stat"; }
+# sectors read + written (shell arithmetic: the counters run past 2^32 on a
+# long-used loop device, where awk prints a sum in exponent notation)
+dev_sectors() {
+  local f
+  read -r -a f <"/sys/block/${1#/dev/}/stat"
+  echo $((f[2] + f[6]))
+}
 proc_ticks() {
   local s f
   s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
