@@ -667,7 +667,8 @@ func (q *ringQueue) startDirect(i int) bool {
 func (q *ringQueue) directDone(i int, res int32) {
 	e := &q.ents[i]
 	q.inDevice--
-	q.devLatency += (time.Since(e.started) - q.devLatency) / 8
+	now := time.Now()
+	q.devLatency += (now.Sub(e.started) - q.devLatency) / 8
 	e.dev.release()
 	img := e.img
 	e.dev, e.img = nil, nil
@@ -682,7 +683,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 	case opRead:
 		n = int(res)
 	case opWrite:
-		img.wtime.Store(time.Now().UnixNano())
+		img.wtime.Store(now.UnixNano())
 		img.written.Store(true)
 		*(*[2]uint32)(unsafe.Pointer(&e.payload[0])) = [2]uint32{uint32(res), 0} // fuse_write_out
 		n = 8

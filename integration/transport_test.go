@@ -39,10 +39,11 @@ func TestTransports(t *testing.T) {
 			}
 			m, dev := setup(t, 64<<20, c.flags...)
 			f := m.path(dev)
-			// Concurrent aligned I/O at depth (the ring's device path),
-			// verified; then unaligned buffered I/O (go-fuse's path).
+			// Concurrent aligned I/O at depth with an fdatasync every 16
+			// writes (the ring's device path), verified; then unaligned
+			// buffered I/O (go-fuse's path).
 			sh(t, "fio", "--name=ring", "--filename="+f, "--rw=randrw", "--bsrange=4k-1M", "--size=48M",
-				"--ioengine=libaio", "--iodepth=32", "--numjobs=1", "--direct=1", "--verify=crc32c",
+				"--ioengine=libaio", "--iodepth=32", "--numjobs=1", "--direct=1", "--fdatasync=16", "--verify=crc32c",
 				"--verify_fatal=1", "--verify_state_save=0", "--do_verify=1", "--randrepeat=0", "--output-format=terse")
 			sh(t, "fio", "--name=odd", "--filename="+f, "--rw=randrw", "--bsrange=1k-33k", "--size=8M",
 				"--offset=48M", "--ioengine=psync", "--verify=crc32c", "--verify_fatal=1",
