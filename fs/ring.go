@@ -138,6 +138,13 @@ func (e *ringEnt) out() *outHeader    { return (*outHeader)(unsafe.Pointer(&e.hd
 func (e *ringEnt) args() *ioArgs      { return (*ioArgs)(unsafe.Pointer(&e.hdr[ringOpInOff])) }
 func (e *ringEnt) inOut() *entInOut   { return (*entInOut)(unsafe.Pointer(&e.hdr[ringInOutOff])) }
 
+// setReply writes the reply's header (over the request's, whose unique it
+// keeps) and the size of its payload.
+func (e *ringEnt) setReply(errno syscall.Errno, n int) {
+	*e.out() = outHeader{Len: uint32(outHeaderSize + n), Error: -int32(errno), Unique: e.in().Unique}
+	e.inOut().PayloadSz = uint32(n)
+}
+
 // enableURing turns on the kernel's FUSE-over-io_uring switch, which only
 // lets servers opt in (other FUSE servers are unaffected). It reports
 // whether the kernel has it.
@@ -547,7 +554,8 @@ func (q *ringQueue) serve(i int) {
 	if argLen < 0 || argLen > ringInOutOff-ringOpInOff || psz > len(e.payload) {
 		q.s.log.Error("malformed request on the io_uring queue", slog.Int("opcode", int(h.Opcode)),
 			slog.Int("len", int(h.Length)), slog.Int("payload", psz))
-		q.reply(i, syscall.EIO, 0)
+		e.setReply(syscall.EIO, 0)
+		q.finished(i)
 		return
 	}
 	payload := e.payload[:psz]
@@ -557,31 +565,24 @@ func (q *ringQueue) serve(i int) {
 	}
 	in := [][]byte{e.hdr[:inHeaderSize], e.hdr[ringOpInOff : ringOpInOff+argLen], payload}
 	out := [][]byte{e.hdr[:outHeaderSize], e.payload}
-	unique := h.Unique
-	n, st := q.s.ps.HandleRequest(in, out)
-	if n < outHeaderSize {
-		// No reply written: a parse failure, or a request that needs
-		// none; the kernel still expects the entry back.
+	if n, st := q.s.ps.HandleRequest(in, out); n >= outHeaderSize {
+		e.inOut().PayloadSz = uint32(n - outHeaderSize)
+	} else {
+		// No reply written (the request header is intact): a parse
+		// failure, or a request that needs none; the kernel still
+		// expects the entry back.
 		errno := syscall.Errno(0)
 		if !st.Ok() {
 			errno = syscall.Errno(st)
 		}
-		*e.out() = outHeader{Len: outHeaderSize, Error: -int32(errno), Unique: unique}
-		n = outHeaderSize
+		e.setReply(errno, 0)
 	}
-	q.finished(i, n-outHeaderSize)
+	q.finished(i)
 }
 
-// reply ends entry i with an error or a payload of n bytes.
-func (q *ringQueue) reply(i int, errno syscall.Errno, n int) {
-	e := &q.ents[i]
-	*e.out() = outHeader{Len: uint32(outHeaderSize + n), Error: -int32(errno), Unique: e.in().Unique}
-	q.finished(i, n)
-}
-
-// finished hands entry i back to the queue's thread for its commit.
-func (q *ringQueue) finished(i, payload int) {
-	q.ents[i].inOut().PayloadSz = uint32(payload)
+// finished hands entry i, its reply written, back to the queue's thread
+// for its commit.
+func (q *ringQueue) finished(i int) {
 	q.mu.Lock()
 	first := len(q.done) == 0
 	q.done = append(q.done, i)
@@ -624,10 +625,11 @@ func (q *ringQueue) startDirect(i int) bool {
 	case opRead:
 		a := e.args()
 		off, size = int64(a.Offset), int64(a.Size)
-		if off < 0 || off >= n.size.Load() {
+		end := n.size.Load()
+		if off < 0 || off >= end {
 			return false
 		}
-		size = min(size, n.size.Load()-off)
+		size = min(size, end-off)
 		op = uring.OpRead
 	case opWrite:
 		a := e.args()
@@ -703,7 +705,6 @@ func (q *ringQueue) directDone(i int, res int32) {
 		}
 	}
 	q.s.direct.Add(1)
-	*e.out() = outHeader{Len: uint32(outHeaderSize + n), Unique: e.in().Unique}
-	e.inOut().PayloadSz = uint32(n)
+	e.setReply(0, n)
 	q.commit(i)
 }

@@ -92,8 +92,7 @@ type CQE struct {
 // Ring is one io_uring instance.
 type Ring struct {
 	fd      int
-	sqMem   []byte
-	cqMem   []byte
+	ringMem []byte // SQ and CQ rings, one mapping (IORING_FEAT_SINGLE_MMAP)
 	sqeMem  []byte
 	sqHead  *atomic.Uint32
 	sqTail  *atomic.Uint32
@@ -106,6 +105,10 @@ type Ring struct {
 	sqes    []SQE
 	pending uint32 // SQEs filled but not yet submitted
 	tail    uint32 // our copy of the SQ tail
+	// waitArg is the bounded wait's argument. It lives with the ring, on
+	// the heap: a stack address handed to the kernel as a uintptr could
+	// move with the goroutine's stack before the call.
+	waitArg getEventsArg
 }
 
 // New sets up a ring with room for entries submissions (a power of two)
@@ -117,6 +120,7 @@ func New(entries uint32) (*Ring, error) {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
 	r := &Ring{fd: int(fd)}
+	r.waitArg.Ts = uint64(uintptr(unsafe.Pointer(&maxWait)))
 	if p.Features&featSingleMmap == 0 {
 		r.Close()
 		return nil, fmt.Errorf("io_uring: kernel lacks IORING_FEAT_SINGLE_MMAP")
@@ -127,7 +131,7 @@ func New(entries uint32) (*Ring, error) {
 		r.Close()
 		return nil, fmt.Errorf("io_uring mmap rings: %w", err)
 	}
-	r.sqMem, r.cqMem = mem, mem
+	r.ringMem = mem
 	sqes, err := unix.Mmap(r.fd, offSQEs, int(p.SqEntries*sqeSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		r.Close()
@@ -152,8 +156,8 @@ func (r *Ring) Close() {
 	if r.sqeMem != nil {
 		unix.Munmap(r.sqeMem)
 	}
-	if r.sqMem != nil {
-		unix.Munmap(r.sqMem)
+	if r.ringMem != nil {
+		unix.Munmap(r.ringMem)
 	}
 	unix.Close(r.fd)
 }
@@ -206,32 +210,27 @@ var maxWait = unix.Timespec{Nsec: 250e6}
 // runtime's preemption signal ends the wait with EINTR, and the bounded
 // wait covers a signal that came just before the wait began.
 func (r *Ring) SubmitAndWait(wait uint32) error {
-	r.sqTail.Store(r.tail)
-	flags, arg, argSz := uintptr(0), uintptr(0), uintptr(0)
-	if wait > 0 {
-		ga := getEventsArg{Ts: uint64(uintptr(unsafe.Pointer(&maxWait)))}
-		flags, arg, argSz = enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(&ga)), unsafe.Sizeof(ga)
+	if wait == 0 {
+		return r.enter(0, 0, 0, 0)
 	}
-	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), uintptr(wait), flags, arg, argSz)
-	if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY && errno != syscall.ETIME {
-		return fmt.Errorf("io_uring_enter: %w", errno)
-	}
-	if errno == 0 {
-		r.pending -= uint32(n)
-	}
-	return nil
+	return r.enter(wait, enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(&r.waitArg)), unsafe.Sizeof(r.waitArg))
 }
 
 // Poll submits what SQE handed out and runs the completion work pending,
 // without waiting: completions that are ready appear for Completions.
-func (r *Ring) Poll() error {
+func (r *Ring) Poll() error { return r.enter(0, enterGetEvents, 0, 0) }
+
+// enter publishes the SQ tail and calls io_uring_enter; interruptions,
+// timeouts and a full CQ are not errors.
+func (r *Ring) enter(wait uint32, flags, arg, argSz uintptr) error {
 	r.sqTail.Store(r.tail)
-	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), 0, enterGetEvents, 0, 0)
-	if errno != 0 && errno != syscall.EINTR && errno != syscall.EAGAIN && errno != syscall.EBUSY {
-		return fmt.Errorf("io_uring_enter: %w", errno)
-	}
-	if errno == 0 {
+	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), uintptr(wait), flags, arg, argSz)
+	switch errno {
+	case 0:
 		r.pending -= uint32(n)
+	case syscall.EINTR, syscall.EAGAIN, syscall.EBUSY, syscall.ETIME:
+	default:
+		return fmt.Errorf("io_uring_enter: %w", errno)
 	}
 	return nil
 }
