@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -48,6 +49,7 @@ func NewLoop(t testing.TB, size int64) string {
 		t.Fatal(err)
 	}
 	backing := f.Name()
+	created.Store(backing, true)
 	t.Cleanup(func() { os.Remove(backing) })
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
@@ -66,13 +68,19 @@ func NewLoop(t testing.TB, size int64) string {
 	return dev
 }
 
-// LeakedLoops lists loop devices whose backing file a test created.
+// created holds the backing files this process made, so that a leak check
+// does not blame it for loop devices of another test run on the machine.
+var created sync.Map
+
+// LeakedLoops lists loop devices whose backing file a test of this process
+// created.
 func LeakedLoops() []string {
 	var leaked []string
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range files {
 		b, err := os.ReadFile(f)
-		if err == nil && strings.Contains(string(b), ScratchPrefix) {
+		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if _, ours := created.Load(backing); err == nil && ours {
 			leaked = append(leaked, "/dev/"+strings.Split(f, "/")[3]+" ("+strings.TrimSpace(string(b))+")")
 		}
 	}
