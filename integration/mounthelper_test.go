@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/volfs/volfs/internal/testutil"
+)
+
+// mount(8) runs /sbin/mount.fuse.volfs for type fuse.volfs and looks for
+// helpers nowhere else. The test must not install into /sbin, so it runs
+// mount(8) in a private mount namespace in which /usr/sbin is an overlay
+// with the helper on top; everything that sees the mount (findmnt, I/O,
+// umount) runs in that namespace, in one script.
+const helperScript = `
+set -eu
+mount -t overlay volfs-test-sbin -o "lowerdir=$HELPERDIR:/usr/sbin" /usr/sbin || { echo "SKIP: no overlay mount"; exit 0; }
+waitgone() { # the server of a mount removes its pid file when it exits
+	for _ in $(seq 200); do [ -e "$PIDFILE" ] || return 0; sleep 0.05; done
+	echo "server still running"; return 1
+}
+# 1: the fstab line, by its mount point, then umount(8).
+mount -T "$FSTAB" "$MNT"
+echo "FSTAB $(findmnt -n -o SOURCE,FSTYPE "$MNT")"
+dd if="$BASE/pattern" of="$MNT/$DEVNAME" bs=64k conv=notrunc,fsync status=none
+cmp -n 65536 "$BASE/pattern" "$MNT/$DEVNAME"
+umount "$MNT"
+waitgone
+# 2: the command line, the device as the source, read-only; volfs umount.
+mount -t fuse.volfs "$DEV" "$MNT" -o "ro,state-dir=$BASE/state,log-file=$BASE/volfs.log"
+echo "CMDLINE $(findmnt -n -o SOURCE,FSTYPE,OPTIONS "$MNT")"
+if echo x | dd of="$MNT/$DEVNAME" conv=notrunc status=none 2>/dev/null; then echo "WROTE READ-ONLY"; fi
+"$VOLFS" umount "$MNT"
+# 3: mistakes: mount(8)'s exit codes, nothing mounted.
+set +e
+mount -t fuse.volfs volfs "$MNT" -o "device=$DEV,bogus" 2>"$BASE/err"; echo "BOGUS $? $(cat "$BASE/err")"
+mount -t fuse.volfs vg0 "$BASE/missing" 2>"$BASE/err"; echo "MISSING $? $(cat "$BASE/err")"
+findmnt "$MNT" >/dev/null && echo "LEFT MOUNTED"
+echo DONE
+`
+
+func TestMountHelper(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.Need(t, "mount", "umount", "findmnt", "unshare", "cmp")
+	dev := testutil.NewLoop(t, 8<<20)
+	base, err := os.MkdirTemp(tmpRoot, "helper-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(base, "mnt")
+	helperDir := filepath.Join(base, "sbin")
+	for _, d := range []string{mnt, helperDir} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(volfsBin, filepath.Join(helperDir, "mount.fuse.volfs")); err != nil {
+		t.Fatal(err)
+	}
+	pattern := bytes.Repeat([]byte("volfs-mount-helper\n"), 65536/19+1)[:65536]
+	if err := os.WriteFile(filepath.Join(base, "pattern"), pattern, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fstab := filepath.Join(base, "fstab")
+	line := "volfs " + mnt + " fuse.volfs _netdev,nofail,noauto,x-systemd.before=libvirtd.service,device=" + dev +
+		",state-dir=" + base + "/state,log-file=" + base + "/volfs.log,allow_other,log-level=warn 0 0\n"
+	if err := os.WriteFile(fstab, []byte("# test fstab\n"+line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pidFile := filepath.Join("/run/volfs", pidFileName(mnt))
+	t.Cleanup(func() { killServer(pidFile) })
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", helperScript)
+	cmd.Env = append(os.Environ(), "HELPERDIR="+helperDir, "FSTAB="+fstab, "MNT="+mnt, "BASE="+base,
+		"DEV="+dev, "DEVNAME="+filepath.Base(dev), "VOLFS="+volfsBin, "PIDFILE="+pidFile)
+	out, err := cmd.CombinedOutput()
+	if strings.Contains(string(out), "SKIP: ") {
+		t.Skip(strings.TrimSpace(string(out)))
+	}
+	if err != nil || !strings.Contains(string(out), "DONE") {
+		log, _ := os.ReadFile(filepath.Join(base, "volfs.log"))
+		t.Fatalf("script: %v\n%s\nserver log:\n%s", err, out, log)
+	}
+	want := []string{
+		"FSTAB " + dev + " fuse.volfs",
+		"CMDLINE " + dev + " fuse.volfs ro,",
+		"BOGUS 1 mount.fuse.volfs: unknown mount option \"bogus\"",
+		"MISSING 32 mount.fuse.volfs: mountpoint " + base + "/missing does not exist",
+	}
+	for _, w := range want {
+		if !strings.Contains(string(out), w) {
+			t.Errorf("want %q in:\n%s", w, out)
+		}
+	}
+	for _, bad := range []string{"WROTE READ-ONLY", "LEFT MOUNTED"} {
+		if strings.Contains(string(out), bad) {
+			t.Errorf("%s:\n%s", bad, out)
+		}
+	}
+	// The bytes written through the fstab mount are on the device.
+	if got := sha(t, dev, int64(len(pattern))); got != sha(t, filepath.Join(base, "pattern"), int64(len(pattern))) {
+		t.Error("the device does not hold what was written through the mount")
+	}
+	log, _ := os.ReadFile(filepath.Join(base, "volfs.log"))
+	// log-level=warn from fstab: only the second mount says it serves.
+	if !strings.Contains(string(log), "read_only=true") || strings.Contains(string(log), "read_only=false") {
+		t.Errorf("log-level=warn from fstab did not reach the server:\n%s", log)
+	}
+}
+
+// pidFileName is the name of the pid file of the server of mnt (see
+// pidPath in cmd/volfs).
+func pidFileName(mnt string) string {
+	out, _ := exec.Command("sh", "-c", `printf %s "$1" | sha256sum | cut -c1-16`, "sh", mnt).Output()
+	return strings.TrimSpace(string(out)) + ".pid"
+}
+
+// killServer kills a server left running by a failed test; its mount
+// goes with its namespace.
+func killServer(pidFile string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid := strings.TrimSpace(string(b))
+	_ = exec.Command("kill", "-9", pid).Run()
+	_ = os.Remove(pidFile)
+}
