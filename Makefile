@@ -69,15 +69,17 @@ bench: deps build
 demo: deps build
 	scripts/demo.sh
 
-# The binary, mount(8)'s helper (a symlink: volfs acts as the helper when
-# called mount.fuse.volfs), man pages and shell completion generated from
-# the commands, the systemd unit, and a logrotate rule.
+# The binary, the helpers of mount(8) and umount(8) (symlinks: volfs acts
+# as the helper when called mount.fuse.volfs or umount.fuse.volfs), man
+# pages and shell completion generated from the commands, the systemd unit,
+# and a logrotate rule.
 install: build
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
 		$(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(SYSCONFDIR)/volfs
 	install -m 0755 bin/volfs $(DESTDIR)$(BINDIR)/volfs
 	ln -sf $(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/mount.fuse.volfs
+	ln -sf $(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/umount.fuse.volfs
 	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) bin/volfs gendocs $(DESTDIR)$(MANDIR)
 	bin/volfs completion bash > $(DESTDIR)$(BASHCOMPDIR)/volfs
 	bin/volfs completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_volfs
@@ -87,9 +89,9 @@ install: build
 	install -m 0644 contrib/logrotate/volfs $(DESTDIR)$(SYSCONFDIR)/logrotate.d/volfs
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/mount.fuse.volfs \
+	rm -f $(DESTDIR)$(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/mount.fuse.volfs $(DESTDIR)$(SBINDIR)/umount.fuse.volfs \
 		$(DESTDIR)$(MANDIR)/man1/volfs.1 $(DESTDIR)$(MANDIR)/man1/volfs-*.1 \
-		$(DESTDIR)$(MANDIR)/man8/mount.fuse.volfs.8 \
+		$(DESTDIR)$(MANDIR)/man8/mount.fuse.volfs.8 $(DESTDIR)$(MANDIR)/man8/umount.fuse.volfs.8 \
 		$(DESTDIR)$(BASHCOMPDIR)/volfs $(DESTDIR)$(ZSHCOMPDIR)/_volfs $(DESTDIR)$(FISHCOMPDIR)/volfs.fish \
 		$(DESTDIR)$(SYSTEMDUNITDIR)/volfs@.service $(DESTDIR)$(SYSCONFDIR)/logrotate.d/volfs
 

@@ -25,6 +25,7 @@ func TestMakeInstall(t *testing.T) {
 		"usr/share/man/man1/volfs-mount.1":               "--log-level",
 		"usr/share/man/man1/volfs-umount.1":              "volfs-umount",
 		"usr/share/man/man8/mount.fuse.volfs.8":          "x-systemd",
+		"usr/share/man/man8/umount.fuse.volfs.8":         "umount.fuse.volfs",
 		"usr/share/bash-completion/completions/volfs":    "__start_volfs",
 		"usr/share/zsh/site-functions/_volfs":            "#compdef volfs",
 		"usr/share/fish/vendor_completions.d/volfs.fish": "complete -c volfs",
@@ -40,8 +41,10 @@ func TestMakeInstall(t *testing.T) {
 			t.Errorf("%s does not contain %q", path, want)
 		}
 	}
-	if l, err := os.Readlink(filepath.Join(dest, "sbin/mount.fuse.volfs")); err != nil || l != "/usr/bin/volfs" {
-		t.Errorf("sbin/mount.fuse.volfs: %q %v, want a symlink to /usr/bin/volfs", l, err)
+	for _, h := range []string{"mount.fuse.volfs", "umount.fuse.volfs"} {
+		if l, err := os.Readlink(filepath.Join(dest, "sbin", h)); err != nil || l != "/usr/bin/volfs" {
+			t.Errorf("sbin/%s: %q %v, want a symlink to /usr/bin/volfs", h, l, err)
+		}
 	}
 	if st, err := os.Stat(filepath.Join(dest, "usr/bin/volfs")); err != nil || st.Mode().Perm() != 0o755 {
 		t.Errorf("usr/bin/volfs: %v %v", st, err)

@@ -2,11 +2,14 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/volfs/volfs/internal/testutil"
 )
@@ -19,22 +22,32 @@ import (
 const helperScript = `
 set -eu
 mount -t overlay volfs-test-sbin -o "lowerdir=$HELPERDIR:/usr/sbin" /usr/sbin || { echo "SKIP: no overlay mount"; exit 0; }
-waitgone() { # the server of a mount removes its pid file when it exits
-	for _ in $(seq 200); do [ -e "$PIDFILE" ] || return 0; sleep 0.05; done
-	echo "server still running"; return 1
-}
-# 1: the fstab line, by its mount point, then umount(8).
+# 1: the fstab line, by its mount point, then umount(8) as systemd runs it
+# (-c: libmount looks the mount up and runs umount.fuse.volfs, which
+# returns once the server has exited and removed its pid file).
 mount -T "$FSTAB" "$MNT"
 echo "FSTAB $(findmnt -n -o SOURCE,FSTYPE "$MNT")"
 dd if="$BASE/pattern" of="$MNT/$DEVNAME" bs=64k conv=notrunc,fsync status=none
 cmp -n 65536 "$BASE/pattern" "$MNT/$DEVNAME"
-umount "$MNT"
-waitgone
+umount -c "$MNT"
+if [ -e "$PIDFILE" ]; then echo "SERVER RUNNING AFTER UMOUNT"; fi
 # 2: the command line, the device as the source, read-only; volfs umount.
 mount -t fuse.volfs "$DEV" "$MNT" -o "ro,state-dir=$BASE/state,log-file=$BASE/volfs.log"
 echo "CMDLINE $(findmnt -n -o SOURCE,FSTYPE,OPTIONS "$MNT")"
 if echo x | dd of="$MNT/$DEVNAME" conv=notrunc status=none 2>/dev/null; then echo "WROTE READ-ONLY"; fi
+sleep 60 < "$MNT/$DEVNAME" &
+holder=$!
+set +e
+umount -c "$MNT" 2>"$BASE/err"; echo "BUSY $? $(cat "$BASE/err")"
+set -e
+kill $holder; wait $holder || true
 "$VOLFS" umount "$MNT"
+# A plain umount from a shell may skip the helper (libmount then knows the
+# type only as "fuse", from statfs): the server exits on its own.
+mount -T "$FSTAB" "$MNT"
+umount "$MNT"
+for _ in $(seq 200); do [ -e "$PIDFILE" ] || break; sleep 0.05; done
+if [ -e "$PIDFILE" ]; then echo "SERVER RUNNING AFTER UMOUNT"; fi
 # 3: mistakes: mount(8)'s exit codes, nothing mounted.
 set +e
 mount -t fuse.volfs volfs "$MNT" -o "device=$DEV,bogus" 2>"$BASE/err"; echo "BOGUS $? $(cat "$BASE/err")"
@@ -58,8 +71,10 @@ func TestMountHelper(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Symlink(volfsBin, filepath.Join(helperDir, "mount.fuse.volfs")); err != nil {
-		t.Fatal(err)
+	for _, h := range []string{"mount.fuse.volfs", "umount.fuse.volfs"} {
+		if err := os.Symlink(volfsBin, filepath.Join(helperDir, h)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pattern := bytes.Repeat([]byte("volfs-mount-helper\n"), 65536/19+1)[:65536]
 	if err := os.WriteFile(filepath.Join(base, "pattern"), pattern, 0o644); err != nil {
@@ -73,7 +88,15 @@ func TestMountHelper(t *testing.T) {
 	}
 	pidFile := filepath.Join("/run/volfs", pidFileName(mnt))
 	t.Cleanup(func() { killServer(pidFile) })
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", helperScript)
+	// A deadline: the script must not hang the run (a busy umount scans
+	// /proc, which blocks while some process on the machine is stuck in
+	// another FUSE mount).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "bash", "-c", helperScript)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Env = append(os.Environ(), "HELPERDIR="+helperDir, "FSTAB="+fstab, "MNT="+mnt, "BASE="+base,
 		"DEV="+dev, "DEVNAME="+filepath.Base(dev), "VOLFS="+volfsBin, "PIDFILE="+pidFile)
 	out, err := cmd.CombinedOutput()
@@ -87,6 +110,7 @@ func TestMountHelper(t *testing.T) {
 	want := []string{
 		"FSTAB " + dev + " fuse.volfs",
 		"CMDLINE " + dev + " fuse.volfs ro,",
+		"BUSY 32 umount.fuse.volfs: " + mnt + " is busy, in use by sleep (pid",
 		"BOGUS 1 mount.fuse.volfs: unknown mount option \"bogus\"",
 		"MISSING 32 mount.fuse.volfs: mountpoint " + base + "/missing does not exist",
 	}
@@ -95,7 +119,7 @@ func TestMountHelper(t *testing.T) {
 			t.Errorf("want %q in:\n%s", w, out)
 		}
 	}
-	for _, bad := range []string{"WROTE READ-ONLY", "LEFT MOUNTED"} {
+	for _, bad := range []string{"WROTE READ-ONLY", "LEFT MOUNTED", "SERVER RUNNING AFTER UMOUNT"} {
 		if strings.Contains(string(out), bad) {
 			t.Errorf("%s:\n%s", bad, out)
 		}

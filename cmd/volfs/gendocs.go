@@ -41,15 +41,24 @@ func genManPages(root *cobra.Command, dir string) error {
 	if err := doc.GenManTree(root, &doc.GenManHeader{Title: "VOLFS", Section: "1", Source: src, Manual: "volfs manual"}, man1); err != nil {
 		return err
 	}
-	helper := newMountHelperCmd()
-	f, err := os.Create(filepath.Join(man8, helperName+".8"))
+	for _, helper := range []*cobra.Command{newMountHelperCmd(), newUmountHelperCmd()} {
+		name := helper.Name()
+		hdr := &doc.GenManHeader{Title: strings.ToUpper(name), Section: "8", Source: src, Manual: "volfs manual"}
+		if err := genMan(helper, hdr, filepath.Join(man8, name+".8")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func genMan(cmd *cobra.Command, hdr *doc.GenManHeader, path string) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	hdr := &doc.GenManHeader{Title: strings.ToUpper(helperName), Section: "8", Source: src, Manual: "volfs manual"}
-	if err := doc.GenMan(helper, hdr, f); err != nil {
-		return fmt.Errorf("%s.8: %w", helperName, err)
+	if err := doc.GenMan(cmd, hdr, f); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	return f.Close()
 }

@@ -73,8 +73,8 @@ func unknownCommand(cmd *cobra.Command, args []string) error {
 }
 
 func main() {
-	if isMountHelper(os.Args[0]) {
-		os.Exit(runMountHelper())
+	if code, ok := runAsHelper(os.Args[0]); ok { // mount.fuse.volfs, umount.fuse.volfs
+		os.Exit(code)
 	}
 	err := newRootCmd().Execute()
 	if err == nil {

@@ -31,9 +31,20 @@ const (
 	mountExitFailure = 32
 )
 
-// runMountHelper is main for mount.fuse.volfs.
-func runMountHelper() int {
-	err := newMountHelperCmd().Execute()
+// runAsHelper runs volfs as mount(8)'s or umount(8)'s helper when argv[0]
+// says so; ok is false otherwise.
+func runAsHelper(argv0 string) (code int, ok bool) {
+	switch {
+	case isMountHelper(argv0):
+		return helperExit(newMountHelperCmd().Execute()), true
+	case isUmountHelper(argv0):
+		return helperExit(newUmountHelperCmd().Execute()), true
+	}
+	return 0, false
+}
+
+// helperExit reports a helper's error and returns its exit code.
+func helperExit(err error) int {
 	if err == nil {
 		return 0
 	}
