@@ -79,8 +79,10 @@ SOURCE is what is mounted, and what findmnt and df show:
   VG            every public logical volume of the volume group VG
   VG/POOL       the same, new files are thin volumes in POOL
   /dev/...      block devices matched by this glob (as -o device=GLOB)
-  volfs         any other word: a label, when -o device=GLOB or -o vg=VG say
-                what to mount
+  volfs         anything, when -o device=GLOB or -o vg=VG say what to mount:
+                a label
+Use the VG or the glob as the source in /etc/fstab: mount -a knows a line is
+mounted when findmnt shows its source.
 
 OPTIONS are the flags of 'volfs mount' without their dashes: device=GLOB
 (repeatable), vg=, thin-pool=, tag=, state-dir=, read-only, io-uring=false,
@@ -204,10 +206,12 @@ func helperArgs(source, dir string, optstrs []string, sloppy bool, flags *pflag.
 		}
 	}
 	switch {
+	case named:
+		// SOURCE is a label such as "volfs", whatever it looks like:
+		// mount(8) turns a label that names a file in its working
+		// directory into that file's path.
 	case strings.HasPrefix(source, "/"):
 		args = append(args, "--device="+source)
-	case named:
-		// SOURCE is a label such as "volfs".
 	default:
 		vg, pool, hasPool := strings.Cut(source, "/")
 		if vg == "" || hasPool && (pool == "" || strings.Contains(pool, "/")) {
