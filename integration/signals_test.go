@@ -194,3 +194,43 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool, msg string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Started by systemd (mount(8) of an fstab line in a mount unit sets
+// INVOCATION_ID) without --log-file, the background server logs to its
+// stderr, the journal, not to /var/log/volfs.log.
+func TestBackgroundServerLogsToStderrUnderSystemd(t *testing.T) {
+	testutil.RequireRoot(t)
+	dev := testutil.NewLoop(t, 8<<20)
+	base, err := os.MkdirTemp(tmpRoot, "inv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := filepath.Join(base, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	journal, err := os.Create(filepath.Join(base, "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer journal.Close()
+	cmd := exec.Command(volfsBin, "mount", "--device", dev, "--state-dir", filepath.Join(base, "state"), mnt)
+	cmd.Env = append(os.Environ(), "INVOCATION_ID=0123456789abcdef0123456789abcdef")
+	cmd.Stdout, cmd.Stderr = journal, journal
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(journal.Name())
+		t.Fatalf("volfs mount: %v\n%s", err, b)
+	}
+	t.Cleanup(func() {
+		if ok, _ := isMounted(mnt); ok {
+			_ = exec.Command("umount", "-l", mnt).Run()
+		}
+	})
+	if out, code := volfsRun(t, "umount", mnt); code != 0 {
+		t.Fatalf("volfs umount: %d %s", code, out)
+	}
+	b, _ := os.ReadFile(journal.Name())
+	if !strings.Contains(string(b), "msg=serving") || !strings.Contains(string(b), "msg=unmounted") {
+		t.Errorf("the server did not log to its stderr:\n%s", b)
+	}
+}

@@ -203,9 +203,15 @@ func toJournal() bool {
 }
 
 // underSystemd reports whether a systemd unit runs volfs (a service, or
-// mount(8) of an fstab line run by a mount unit).
+// mount(8) of an fstab line run by a mount unit). A terminal on stderr
+// means a person, even in a shell that inherited INVOCATION_ID (systemd-run
+// --shell): the background server then logs to its file.
 func underSystemd() bool {
-	return toJournal() || os.Getenv("INVOCATION_ID") != ""
+	if toJournal() {
+		return true
+	}
+	_, err := unix.IoctlGetTermios(2, unix.TCGETS)
+	return os.Getenv("INVOCATION_ID") != "" && err != nil
 }
 
 // levelNames lists the --log-level values, for help and completion.
