@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -36,11 +37,26 @@ const (
 func runAsHelper(argv0 string) (code int, ok bool) {
 	switch {
 	case isMountHelper(argv0):
+		ensurePath()
 		return helperExit(newMountHelperCmd().Execute()), true
 	case isUmountHelper(argv0):
 		return helperExit(newUmountHelperCmd().Execute()), true
 	}
 	return 0, false
+}
+
+// ensurePath gives the server a PATH in which it finds lvm: mount(8)
+// (util-linux 2.38) runs its helpers without PATH, and the server failed
+// with "exec: lvm: executable file not found in $PATH".
+func ensurePath() {
+	path := os.Getenv("PATH")
+	have := filepath.SplitList(path)
+	for _, d := range []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"} {
+		if !slices.Contains(have, d) {
+			have = append(have, d)
+		}
+	}
+	os.Setenv("PATH", strings.Join(have, string(filepath.ListSeparator)))
 }
 
 // helperExit reports a helper's error and returns its exit code.
