@@ -113,7 +113,7 @@ Besides them:
                            accepted and ignored: volfs mounts are always
                            nosuid, nodev and default_permissions, and volfs
                            keeps each file's atime itself
-  sync, dirsync, foreground  refused
+  sync, dirsync, foreground, remount  refused
 Any other option is an error, unless -s is given (then it is ignored with a
 warning).
 
@@ -197,6 +197,8 @@ func helperArgs(source, dir string, optstrs []string, sloppy bool, flags *pflag.
 			continue
 		case ignoredOption(name):
 			continue
+		case name == "remount":
+			return nil, warnings, usagef("remount is not supported: unmount (volfs umount) and mount again")
 		case name == "sync" || name == "dirsync":
 			return nil, warnings, usagef("option %s is not supported: writes go to the device directly, and fsync and fdatasync flush its cache", name)
 		}

@@ -32,6 +32,7 @@ func TestHelperArgs(t *testing.T) {
 		{"vg0", []string{"bogus"}, false, `error: unknown mount option "bogus"`},
 		{"vg0", []string{"tag"}, false, "error: option tag needs a value"},
 		{"vg0", []string{"sync"}, false, "error: option sync is not supported"},
+		{"vg0", []string{"remount,ro"}, false, "error: remount is not supported"},
 		{"vg0", []string{"foreground"}, false, "error: option foreground is not for mount(8)"},
 		{"vg0/", nil, false, `error: source "vg0/"`},
 		{"vg0/a/b", nil, false, `error: source "vg0/a/b"`},
