@@ -234,3 +234,40 @@ func TestBackgroundServerLogsToStderrUnderSystemd(t *testing.T) {
 		t.Errorf("the server did not log to its stderr:\n%s", b)
 	}
 }
+
+// The shipped logrotate rule, pointed at this test's log file and server
+// (the rule signals every server in /run/volfs, other runs' too):
+// logrotate renames the file, the server reopens its path.
+func TestLogrotateRule(t *testing.T) {
+	testutil.Need(t, "logrotate")
+	m, dev := setup(t, 8<<20)
+	pidFile := filepath.Join("/run/volfs", pidName(t, m.dir))
+	rule, err := os.ReadFile("../contrib/logrotate/volfs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.Replace(string(rule), "\n/var/log/volfs.log {", "\n"+m.log+" {", 1)
+	conf = strings.Replace(conf, "/run/volfs/*.pid", pidFile, 1)
+	if !strings.Contains(conf, "\n"+m.log+" {") || !strings.Contains(conf, pidFile) {
+		t.Fatal("the logrotate rule no longer names /var/log/volfs.log and /run/volfs/*.pid")
+	}
+	dir := filepath.Dir(m.log)
+	confPath := filepath.Join(dir, "logrotate.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("logrotate", "-v", "-f", "-s", filepath.Join(dir, "logrotate.state"), confPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("logrotate: %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		b, _ := os.ReadFile(m.log)
+		return strings.Contains(string(b), "reopened the log file")
+	}, "the server did not reopen "+m.log+" after logrotate:\n"+string(out))
+	if old, err := os.ReadFile(m.log + ".1"); err != nil || !strings.Contains(string(old), "msg=serving") {
+		t.Errorf("rotated log %s.1: %v\n%s", m.log, err, old)
+	}
+	if err := os.WriteFile(m.path(dev), []byte("after logrotate"), 0); err != nil {
+		t.Fatalf("mount after logrotate: %v", err)
+	}
+}
