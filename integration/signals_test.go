@@ -138,6 +138,25 @@ func TestSystemdNotifyAndJournal(t *testing.T) {
 		}
 	}
 	expect("READY=1\nSTATUS=serving " + dev + " at " + mnt)
+	// Busy: SIGTERM leaves the mount serving, and the status says so.
+	f, err := os.Open(filepath.Join(mnt, filepath.Base(dev)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hold := exec.Command("sleep", "60")
+	hold.ExtraFiles = []*os.File{f}
+	if err := hold.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	defer func() { _ = hold.Process.Kill(); _ = hold.Wait() }()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expect("STATUS=unmounting on terminated")
+	expect("STATUS=serving " + mnt + "; unmount refused, busy: ")
+	_ = hold.Process.Kill()
+	_ = hold.Wait()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
