@@ -40,6 +40,8 @@ echo "CMDLINE $(findmnt -n -o SOURCE,FSTYPE,OPTIONS "$MNT")"
 if echo x | dd of="$MNT/$DEVNAME" conv=notrunc status=none 2>/dev/null; then echo "WROTE READ-ONLY"; fi
 sleep 60 < "$MNT/$DEVNAME" &
 holder=$!
+# Wait until sleep has the file open (not bash on its way to exec it).
+for _ in $(seq 500); do [ "$(readlink /proc/$holder/fd/0)" = "$MNT/$DEVNAME" ] && break; sleep 0.01; done
 set +e
 # (volfs names the holders by scanning /proc, which blocks while any
 # process on the machine is stuck in a FUSE request: a deadline.)

@@ -48,6 +48,14 @@ mount -t overlay volfs-test-sbin -o "lowerdir=$HELPERDIR:/usr/sbin" /usr/sbin ||
 mount -T "$FSTAB" "$MNT"
 echo "SOURCE $(findmnt -n -o SOURCE,FSTYPE "$MNT")"
 dd if=/dev/zero of="$MNT/web" bs=1M count=4 conv=fsync status=none
+sleep 60 < "$MNT/web" &
+holder=$!
+# Wait until sleep has the file open (not bash on its way to exec it).
+for _ in $(seq 500); do [ "$(readlink /proc/$holder/fd/0)" = "$MNT/web" ] && break; sleep 0.01; done
+set +e
+umount -c "$MNT" 2>"$MNT.err"; echo "BUSY $? $(cat "$MNT.err")"
+set -e
+kill $holder; wait $holder || true
 pidfile=/run/volfs/$(printf %s "$MNT" | sha256sum | cut -c1-16).pid
 [ -e "$pidfile" ] || echo "NO PID FILE"
 umount -c "$MNT" # runs umount.fuse.volfs, which waits for the server to exit
@@ -71,8 +79,13 @@ echo DONE
 		b, _ := os.ReadFile(log)
 		t.Fatalf("script: %v\n%s\nserver log:\n%s", err, out, b)
 	}
-	if want := "SOURCE " + e.vg + "/pool fuse.volfs"; !strings.Contains(string(out), want) {
-		t.Errorf("want %q in:\n%s", want, out)
+	for _, want := range []string{
+		"SOURCE " + e.vg + "/pool fuse.volfs",
+		"BUSY 32 umount.fuse.volfs: " + mnt + " is busy, in use by sleep (pid",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("want %q in:\n%s", want, out)
+		}
 	}
 	l := e.lv("web")
 	if l.Pool != "pool" || !l.hasTag("vms") {
