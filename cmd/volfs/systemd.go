@@ -9,6 +9,7 @@ import (
 	"time"
 
 	volfs "github.com/volfs/volfs/fs"
+	"github.com/volfs/volfs/internal/mountinfo"
 )
 
 // sdNotify tells systemd (Type=notify) about the server's state: READY=1
@@ -52,6 +53,13 @@ func handleSignals(sigs <-chan os.Signal, srv *volfs.Server, mnt string, log *sl
 		log.Info("unmounting on signal", slog.String("signal", s.String()))
 		sdNotify("STATUS=unmounting on " + s.String())
 		if err := srv.Unmount(); err != nil {
+			if ok, _ := mountinfo.MountPoint(mnt); !ok {
+				// Unmounted already (umount(8), then systemd's
+				// SIGTERM to what is left of a mount unit): the
+				// server is finishing anyway.
+				log.Info("already unmounted; finishing")
+				continue
+			}
 			h := holdersWithin(mnt, 5*time.Second)
 			log.Error("unmount failed; still serving", slog.Any("err", err), slog.String("held_by", h))
 			if h == "" {
