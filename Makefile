@@ -6,7 +6,21 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 VMRUN     := $(CURDIR)/integration/vm/vmrun.sh
 
-.PHONY: all build test hosttest racetest vmtest lint fuzz bench demo deps clean
+.PHONY: all build test hosttest racetest vmtest lint fuzz bench demo deps clean install uninstall
+
+# Where `make install` puts things; DESTDIR is prepended to each.
+# mount(8) looks for helpers in /sbin only, whatever the PREFIX.
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+SBINDIR        ?= /sbin
+MANDIR         ?= $(PREFIX)/share/man
+BASHCOMPDIR    ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR     ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR    ?= $(PREFIX)/share/fish/vendor_completions.d
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR     ?= /etc
+# Man pages dated by the last commit, so that they build reproducibly.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || date +%s)
 
 all: build
 
@@ -54,6 +68,32 @@ bench: deps build
 
 demo: deps build
 	scripts/demo.sh
+
+# The binary, the helpers of mount(8) and umount(8) (symlinks: volfs acts
+# as the helper when called mount.fuse.volfs or umount.fuse.volfs), man
+# pages and shell completion generated from the commands, the systemd unit,
+# and a logrotate rule.
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) \
+		$(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(SYSCONFDIR)/volfs
+	install -m 0755 bin/volfs $(DESTDIR)$(BINDIR)/volfs
+	ln -sf $(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/mount.fuse.volfs
+	ln -sf $(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/umount.fuse.volfs
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) bin/volfs gendocs $(DESTDIR)$(MANDIR)
+	bin/volfs completion bash > $(DESTDIR)$(BASHCOMPDIR)/volfs
+	bin/volfs completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_volfs
+	bin/volfs completion fish > $(DESTDIR)$(FISHCOMPDIR)/volfs.fish
+	sed 's|@BINDIR@|$(BINDIR)|g' contrib/systemd/volfs@.service.in > $(DESTDIR)$(SYSTEMDUNITDIR)/volfs@.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/volfs@.service
+	install -m 0644 contrib/logrotate/volfs $(DESTDIR)$(SYSCONFDIR)/logrotate.d/volfs
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/volfs $(DESTDIR)$(SBINDIR)/mount.fuse.volfs $(DESTDIR)$(SBINDIR)/umount.fuse.volfs \
+		$(DESTDIR)$(MANDIR)/man1/volfs.1 $(DESTDIR)$(MANDIR)/man1/volfs-*.1 \
+		$(DESTDIR)$(MANDIR)/man8/mount.fuse.volfs.8 $(DESTDIR)$(MANDIR)/man8/umount.fuse.volfs.8 \
+		$(DESTDIR)$(BASHCOMPDIR)/volfs $(DESTDIR)$(ZSHCOMPDIR)/_volfs $(DESTDIR)$(FISHCOMPDIR)/volfs.fish \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/volfs@.service $(DESTDIR)$(SYSCONFDIR)/logrotate.d/volfs
 
 clean:
 	rm -rf bin

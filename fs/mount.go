@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -19,6 +20,9 @@ type MountOptions struct {
 	// kernel has it (see ring.go); otherwise, or if it fails to start,
 	// through /dev/fuse.
 	IOUring bool
+	// FsName is the mount's source in /proc/self/mountinfo (findmnt,
+	// df): what is mounted, such as the VG; "volfs" if empty.
+	FsName string
 }
 
 // Server is a mounted, serving file system.
@@ -45,7 +49,7 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 		AttrTimeout:     &timeout,
 		NegativeTimeout: new(time.Duration),
 		MountOptions: fuse.MountOptions{
-			FsName: "volfs",
+			FsName: cmp.Or(mo.FsName, "volfs"),
 			Name:   "volfs",
 			// default_permissions: the kernel enforces each file's mode
 			// and owner. The server runs as root and opens devices

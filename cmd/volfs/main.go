@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -41,17 +42,40 @@ func newRootCmd() *cobra.Command {
 image file: every logical volume of an LVM volume group (--vg), or existing
 block devices (--device). Reads and writes go straight to the volume's block
 device.`,
+		Version:       versionString(),
+		Args:          unknownCommand,
+		RunE:          func(cmd *cobra.Command, args []string) error { return cmd.Help() },
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("volfs {{.Version}}\n")
+	root.SuggestionsMinimumDistance = 2
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 	})
 	root.AddCommand(newMountCmd(), newUmountCmd(), newVersionCmd())
+	root.AddCommand(newGendocsCmd())
+	addCompletions(root)
 	return root
 }
 
+// unknownCommand refuses `volfs bogus` as a mistake in the command line
+// (exit 2), with cobra's suggestions.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	hint := ""
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		hint = " (did you mean " + strings.Join(s, " or ") + "?)"
+	}
+	return usagef("unknown command %q%s; see volfs --help", args[0], hint)
+}
+
 func main() {
+	if code, ok := runAsHelper(os.Args[0]); ok { // mount.fuse.volfs, umount.fuse.volfs
+		os.Exit(code)
+	}
 	err := newRootCmd().Execute()
 	if err == nil {
 		return

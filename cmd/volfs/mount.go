@@ -1,12 +1,12 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -33,6 +33,7 @@ type mountCmd struct {
 	foreground bool
 	debug      bool
 	logFile    string
+	logLevel   string
 	allowOther bool
 	ioURing    bool
 	cpuProfile string
@@ -73,7 +74,8 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.BoolVar(&c.readOnly, "read-only", false, "refuse every write (EROFS)")
 	f.BoolVar(&c.foreground, "foreground", false, "stay attached instead of serving in the background")
 	f.BoolVar(&c.debug, "debug", false, "log every FUSE request")
-	f.StringVar(&c.logFile, "log-file", "/var/log/volfs.log", "where the background server logs")
+	f.StringVar(&c.logFile, "log-file", "", "log to this file, reopened on SIGHUP (default "+defaultLogFile+" in the background; stderr in the foreground or under systemd)")
+	f.StringVar(&c.logLevel, "log-level", "info", "log messages of this level and above: "+levelNames())
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
@@ -89,6 +91,9 @@ func (c *mountCmd) run(mountpoint string) error {
 		return usagef("--vg and --device exclude each other")
 	case c.vg == "" && (c.thinPool != "" || c.tag != ""):
 		return usagef("--thin-pool and --tag go with --vg")
+	}
+	if err := c.checkLogFlags(); err != nil {
+		return err
 	}
 	mnt, err := checkMountpoint(mountpoint)
 	if err != nil {
@@ -143,17 +148,18 @@ func (c *mountCmd) spawn(mnt string) error {
 		return err
 	}
 	defer pr.Close()
-	logf, err := os.OpenFile(c.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	logPath := c.logTarget()
+	logw, err := newLogWriter(logPath)
 	if err != nil {
 		pw.Close()
-		return fmt.Errorf("log file: %w (choose another with --log-file)", err)
+		return err
 	}
-	defer logf.Close()
-	args := append([]string{"mount", "--foreground"}, os.Args[2:]...)
+	defer logw.Close()
+	args := append([]string{"mount", "--foreground", "--log-file=" + logPath}, os.Args[2:]...)
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), readyFdEnv+"=3")
 	cmd.ExtraFiles = []*os.File{pw}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = logw.f, logw.f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		pw.Close()
@@ -167,17 +173,9 @@ func (c *mountCmd) spawn(mnt string) error {
 	}
 	_ = cmd.Wait()
 	if len(msg) == 0 {
-		return fmt.Errorf("the server exited before mounting; see %s", c.logFile)
+		return fmt.Errorf("the server exited before mounting; see %s", cmp.Or(logPath, "its log"))
 	}
 	return errors.New(string(msg))
-}
-
-func (c *mountCmd) logger() *slog.Logger {
-	level := slog.LevelInfo
-	if c.debug {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }
 
 // serve mounts and serves until unmounted. Errors before the mount is ready
@@ -194,7 +192,14 @@ func (c *mountCmd) serve(mnt string) (err error) {
 			}
 		}()
 	}
-	log := c.logger().With(slog.String("mount", mnt))
+	logw, err := newLogWriter(c.logTarget())
+	if err != nil {
+		return err
+	}
+	defer logw.Close()
+	log := c.newLogger(logw, logw.path == "" && toJournal()).With(slog.String("mount", mnt))
+	// A log that went away (journald restarted) must not kill the server.
+	signal.Ignore(syscall.SIGPIPE)
 	if os.Getenv("GOMAXPROCS") == "" {
 		// Served through /dev/fuse, every request blocks its thread in a
 		// device syscall; with only one P per core, runnable request
@@ -212,10 +217,10 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	// its own threads waits on its mount (go-fuse checks the new mount
 	// through it) can never finish exiting.
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
-	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing})
+	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing, FsName: c.source()})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
@@ -224,15 +229,7 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	_ = os.WriteFile(pidFile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644)
 	defer os.Remove(pidFile)
 
-	go func() {
-		for s := range sigs {
-			log.Info("unmounting on signal", slog.String("signal", s.String()))
-			if err := srv.Unmount(); err != nil {
-				log.Error("unmount failed; still serving", slog.Any("err", err),
-					slog.String("held_by", holders(mnt)))
-			}
-		}
-	}()
+	go handleSignals(sigs, srv, mnt, log, logw)
 	if c.cpuProfile != "" {
 		if stop, err := startCPUProfile(c.cpuProfile); err != nil {
 			log.Warn("no CPU profile", slog.Any("err", err))
@@ -246,8 +243,9 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		ready.Close()
 		ready = nil
 	}
-	sdNotify("READY=1")
+	sdNotify(fmt.Sprintf("READY=1\nSTATUS=serving %s at %s", c.source(), mnt))
 	srv.Wait()
+	sdNotify("STOPPING=1\nSTATUS=unmounted; writing out attributes")
 	root.Shutdown(ctx)
 	log.Info("unmounted")
 	return nil
@@ -271,18 +269,4 @@ func startCPUProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
-}
-
-// sdNotify tells systemd (Type=notify) that the mount is ready.
-func sdNotify(state string) {
-	sock := os.Getenv("NOTIFY_SOCKET")
-	if sock == "" {
-		return
-	}
-	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	_, _ = conn.Write([]byte(state))
 }
