@@ -458,9 +458,21 @@ func (s *ringServer) runQueue(qid int, errs chan<- error) {
 // again recovers.
 func (s *ringServer) abort(qid int, err error) {
 	s.abortd.Do(func() {
+		how := "through fusectl"
 		conn, aerr := fuseConnection(s.dir)
 		if aerr == nil {
 			aerr = os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0)
+		}
+		if aerr != nil {
+			// No fusectl (/sys/fs/fuse/connections not mounted): a
+			// forced unmount aborts the connection first (the kernel's
+			// fuse_umount_begin), then unmounts unless the mount is busy.
+			ferr := unix.Unmount(s.dir, unix.MNT_FORCE)
+			if ferr == nil || ferr == unix.EBUSY {
+				aerr, how = nil, "by a forced unmount"
+			} else {
+				aerr = errors.Join(aerr, ferr)
+			}
 		}
 		if aerr != nil {
 			s.log.Error("io_uring queue failed and the FUSE connection cannot be aborted: requests from its CPU wait "+
@@ -470,7 +482,7 @@ func (s *ringServer) abort(qid int, err error) {
 		}
 		s.log.Error("io_uring queue failed; aborted the FUSE connection (the kernel cannot move a running mount back "+
 			"to /dev/fuse): unmount and mount again, with --io-uring=false to serve without io_uring",
-			slog.Int("queue", qid), slog.Any("err", err), slog.String("connection", conn))
+			slog.Int("queue", qid), slog.Any("err", err), slog.String("how", how))
 	})
 }
 
