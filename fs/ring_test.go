@@ -200,3 +200,13 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+func TestRingProcs(t *testing.T) {
+	nq, err := possibleCPUs()
+	if err != nil {
+		t.Skipf("no CPU list here: %v", err)
+	}
+	if got := RingProcs(); got != nq+runtime.NumCPU() {
+		t.Fatalf("RingProcs() = %d, want %d queues + %d CPUs", got, nq, runtime.NumCPU())
+	}
+}
