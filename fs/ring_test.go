@@ -67,24 +67,30 @@ func TestRingQueueClosedWakesNothing(t *testing.T) {
 // retrying forever. The refusal is real: a ring set up with SINGLE_ISSUER
 // answers io_uring_enter from another thread with EEXIST.
 func TestRingQueueSubmitFails(t *testing.T) {
+	// The ring's thread stays locked to its goroutine, which blocks until
+	// the test ends: no other goroutine can run on it.
 	made := make(chan *ringQueue)
+	end := make(chan struct{})
+	ended := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
+		defer close(ended)
 		r, err := uring.New(4)
 		if err != nil {
 			made <- nil
 			return
 		}
-		made <- &ringQueue{s: &ringServer{log: slog.New(slog.DiscardHandler)}, r: r, efd: -1}
+		q := &ringQueue{s: &ringServer{log: slog.New(slog.DiscardHandler)}, r: r, efd: -1}
+		made <- q
+		<-end
+		q.close()
 	}()
 	q := <-made
+	defer func() { close(end); <-ended }()
 	if q == nil {
 		t.Skip("no io_uring here")
 	}
-	defer q.close()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	for i := range 4 {
 		if q.sqe() == nil { // NOPs, never submitted
 			t.Fatalf("sqe %d: none in an empty queue: %v", i, q.err)
