@@ -3,6 +3,7 @@ package fs
 import (
 	"cmp"
 	"context"
+	"path/filepath"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -18,7 +19,8 @@ type MountOptions struct {
 	AllowOther bool
 	// IOUring serves requests through FUSE-over-io_uring where the
 	// kernel has it (see ring.go); otherwise, or if it fails to start,
-	// through /dev/fuse.
+	// through /dev/fuse. Each queue keeps a P while it waits: run with
+	// GOMAXPROCS of at least RingProcs().
 	IOUring bool
 	// FsName is the mount's source in /proc/self/mountinfo (findmnt,
 	// df): what is mounted, such as the VG; "volfs" if empty.
@@ -81,12 +83,18 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	if root.readOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
+	// The ring aborts the connection if a queue fails: it finds it by
+	// the mount point's absolute path.
+	absDir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{}
 	var fsys fuse.RawFileSystem = gofs.NewNodeFS(root, opts)
 	if mo.IOUring && enableURing(root.log) && ringUsable(root.log) {
 		opts.MountOptions.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		fsys = &ringInit{RawFileSystem: fsys, start: func(srv *fuse.Server, rawFS fuse.RawFileSystem) {
-			s.ring = startRing(srv, rawFS, &opts.MountOptions, root)
+			s.ring = startRing(srv, rawFS, &opts.MountOptions, root, absDir)
 		}}
 	}
 	srv, err := fuse.NewServer(fsys, dir, &opts.MountOptions)

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,12 +33,36 @@ import (
 // own: the queue's thread never sleeps in a syscall per request, and one
 // io_uring_enter submits the device I/O and the replies of a whole batch.
 // Everything else is handed to go-fuse's protocol code in a goroutine.
+//
+// INTERRUPT does not reach the requests the ring serves: the kernel sends
+// it through /dev/fuse, where go-fuse looks the request up among its own
+// (it is not there), answers EAGAIN and the kernel drops it (the request is
+// not on /dev/fuse's processing list either; ENOENT, which go-fuse does not
+// log). go-fuse keeps a second protocol server's requests to itself and
+// has no hook to forward an INTERRUPT, so delivering it would need a
+// change to go-fuse. It is harmless for volfs: the interrupted process
+// still gets its answer, when the operation ends. What can take long here
+// is an lvm command (create, grow, rename, remove; seconds) or a device
+// flush; on /dev/fuse an INTERRUPT stops a waiting lvm command with
+// SIGINT (volmap/lvm's runner), which only turns a slow success into an
+// error, and device I/O is not interruptible anyway. A killed process
+// whose request the kernel has already sent waits for the answer either
+// way (the kernel's request_wait_answer).
+
+// ringHeader is struct fuse_uring_req_header (<linux/fuse.h>): the
+// request's fuse_in_header (the reply's fuse_out_header goes over it), the
+// operation's own header, and the entry's in/out fields.
+type ringHeader struct {
+	InOut    [128]byte
+	OpIn     [128]byte
+	EntInOut entInOut
+}
 
 // Layout of struct fuse_uring_req_header and its commands (<linux/fuse.h>).
 const (
-	ringHdrSize   = 288 // in_out[128], op_in[128], fuse_uring_ent_in_out
-	ringOpInOff   = 128
-	ringInOutOff  = 256
+	ringHdrSize   = int(unsafe.Sizeof(ringHeader{}))
+	ringOpInOff   = int(unsafe.Offsetof(ringHeader{}.OpIn))
+	ringInOutOff  = int(unsafe.Offsetof(ringHeader{}.EntInOut))
 	inHeaderSize  = 40
 	outHeaderSize = 16
 
@@ -86,10 +112,40 @@ type ioArgs struct {
 	Padding   uint32
 }
 
+// fsyncArgs is fuse_fsync_in.
+type fsyncArgs struct {
+	Fh         uint64
+	FsyncFlags uint32
+	Padding    uint32
+}
+
 type outHeader struct {
 	Len    uint32
 	Error  int32
 	Unique uint64
+}
+
+// The kernel's layouts, checked at compile time (an array type [N]byte is
+// assignable only to [N]byte): the sizes <linux/fuse.h> gives them.
+var (
+	_ [288]byte           = [ringHdrSize]byte{}                                             // fuse_uring_req_header
+	_ [128]byte           = [ringOpInOff]byte{}                                             // its op_in
+	_ [256]byte           = [ringInOutOff]byte{}                                            // its ring_ent_in_out
+	_ [32]byte            = [unsafe.Sizeof(entInOut{})]byte{}                               // fuse_uring_ent_in_out
+	_ [24]byte            = [unsafe.Sizeof(cmdReq{})]byte{}                                 // fuse_uring_cmd_req
+	_ [40]byte            = [unsafe.Sizeof(ioArgs{})]byte{}                                 // fuse_read_in, fuse_write_in
+	_ [16]byte            = [unsafe.Sizeof(fsyncArgs{})]byte{}                              // fuse_fsync_in
+	_ [8]byte             = [unsafe.Sizeof(writeOut{})]byte{}                               // fuse_write_out
+	_ [inHeaderSize]byte  = [unsafe.Sizeof(fuse.InHeader{})]byte{}                          // fuse_in_header
+	_ [outHeaderSize]byte = [unsafe.Sizeof(outHeader{})]byte{}                              // fuse_out_header
+	_ [16]byte            = [unsafe.Sizeof(unix.Iovec{})]byte{}                             // struct iovec
+	_                     = [uintptr(len(uring.SQE{}.Cmd)) - unsafe.Sizeof(cmdReq{})]byte{} // the command fits the SQE128 area
+)
+
+// writeOut is fuse_write_out.
+type writeOut struct {
+	Size    uint32
+	Padding uint32
 }
 
 // ringServer is the set of queues of one mount.
@@ -98,10 +154,14 @@ type ringServer struct {
 	ps     *fuse.ProtocolServer
 	log    *slog.Logger
 	fuseFd int
+	dir    string // the mount point, to find the connection to abort
 	wg     sync.WaitGroup
+	abortd sync.Once
 
-	served atomic.Uint64 // requests answered through the ring
-	direct atomic.Uint64 // of which the device I/O was a ring operation
+	served  atomic.Uint64 // requests answered through the ring
+	direct  atomic.Uint64 // of which the device I/O was a ring operation
+	rearmed atomic.Uint64 // entries registered again after an error
+	entries atomic.Int64  // entries the queues still had when the connection ended
 }
 
 // ringQueue is one queue: its ring, entries and the thread that owns them.
@@ -110,15 +170,23 @@ type ringQueue struct {
 	qid        int
 	r          *uring.Ring
 	ents       []ringEnt
-	live       int           // entries still registered with the kernel
+	live       int           // entries not ended: the kernel's, or holding a request
+	tornDown   int           // entries ended because the connection went away
 	inDevice   int           // fast-path device operations in flight
 	devLatency time.Duration // moving average of their durations
+	// err is why the queue cannot go on (its ring refuses submissions,
+	// or every entry failed): its thread stops and the connection is
+	// aborted (ringServer.abort).
+	err error
 
 	efd  int
 	wake []byte // eventfd read buffer (8 bytes, not Go memory)
 
-	mu   sync.Mutex
-	done []int // entries whose reply a worker finished
+	mu      sync.Mutex
+	done    []int // entries whose reply a worker finished
+	stopped bool  // efd is closed: workers hand nothing back
+
+	fault ringFault // test-only fault injection
 }
 
 // ringEnt is one registered request buffer.
@@ -131,6 +199,7 @@ type ringEnt struct {
 	dev     *device
 	img     *Image
 	started time.Time
+	fails   int // errors in a row the kernel ended its commands with
 }
 
 func (e *ringEnt) in() *fuse.InHeader { return (*fuse.InHeader)(unsafe.Pointer(&e.hdr[0])) }
@@ -193,8 +262,8 @@ func (r *ringInit) Init(srv *fuse.Server) {
 // startRing registers the queues of a server that has just answered INIT.
 // If they cannot all start, it makes the kernel fall back to /dev/fuse and
 // returns the queues that did start (they end with the mount).
-func startRing(srv *fuse.Server, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, root *Root) *ringServer {
-	s := &ringServer{root: root, log: root.log, fuseFd: -1}
+func startRing(srv *fuse.Server, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, root *Root, dir string) *ringServer {
+	s := &ringServer{root: root, log: root.log, fuseFd: -1, dir: dir}
 	err := s.start(srv, rawFS, mo)
 	if err == nil {
 		return s
@@ -230,10 +299,11 @@ func (s *ringServer) start(srv *fuse.Server, rawFS fuse.RawFileSystem, mo *fuse.
 	if _, st := s.ps.HandleRequest([][]byte{unsafe.Slice((*byte)(unsafe.Pointer(&ks)), unsafe.Sizeof(ks))}, [][]byte{reply[:]}); !st.Ok() {
 		return fmt.Errorf("initializing the ring's protocol server: %v", st)
 	}
-	// Each queue's thread keeps its P while it waits in the kernel
-	// (uring.SubmitAndWait): the rest of the server needs Ps besides.
-	if need := nq + runtime.NumCPU(); runtime.GOMAXPROCS(0) < need {
-		runtime.GOMAXPROCS(need)
+	// The library does not change GOMAXPROCS (the program's main does,
+	// from RingProcs): it only says when it is too low.
+	if have, need := runtime.GOMAXPROCS(0), nq+runtime.NumCPU(); have < need {
+		s.log.Warn("GOMAXPROCS is lower than the io_uring queues need: each queue's thread keeps its P while it waits, "+
+			"other goroutines then wait for the runtime to preempt it", slog.Int("gomaxprocs", have), slog.Int("want", need))
 	}
 	errs := make(chan error, nq)
 	for q := range nq {
@@ -290,7 +360,21 @@ func (s *ringServer) wait() {
 	if s.ps == nil {
 		return
 	}
-	s.log.Info("io_uring queues ended", slog.Uint64("requests", s.served.Load()), slog.Uint64("direct_io", s.direct.Load()))
+	s.log.Info("io_uring queues ended", slog.Uint64("requests", s.served.Load()), slog.Uint64("direct_io", s.direct.Load()),
+		slog.Int64("entries", s.entries.Load()), slog.Uint64("rearmed", s.rearmed.Load()))
+}
+
+// RingProcs is the GOMAXPROCS a server needs to serve through FUSE over
+// io_uring: each queue (one per possible CPU) keeps its thread's P while
+// it waits in the kernel (uring.SubmitAndWait), and the rest of the server
+// needs Ps besides. The program's main sets it; this package never
+// changes GOMAXPROCS. 0 if the number of CPUs is unknown.
+func RingProcs() int {
+	nq, err := possibleCPUs()
+	if err != nil {
+		return 0
+	}
+	return nq + runtime.NumCPU()
 }
 
 // fuseDeviceFd finds the /dev/fuse descriptor go-fuse opened for the mount
@@ -356,15 +440,139 @@ func (s *ringServer) runQueue(qid int, errs chan<- error) {
 		errs <- fmt.Errorf("io_uring queue %d: %w", qid, err)
 		return
 	}
-	defer q.close()
 	errs <- nil
 	q.loop()
+	if q.err != nil {
+		s.abort(qid, q.err)
+	}
+	q.close()
+	s.entries.Add(int64(q.tornDown))
+}
+
+// abort ends the FUSE connection after queue qid failed. Once the ring
+// runs, the kernel never sends a request back to /dev/fuse, and it picks
+// the queue by the CPU the requesting thread runs on: without this queue,
+// requests from its CPU would wait forever (uninterruptibly once sent).
+// Aborted, every request ends with ENOTCONN, go-fuse's loop ends and the
+// mount point answers ENOTCONN until it is unmounted: loud, and mounting
+// again recovers.
+func (s *ringServer) abort(qid int, err error) {
+	s.abortd.Do(func() {
+		how := "through fusectl"
+		conn, aerr := fuseConnection(s.dir)
+		if aerr == nil {
+			aerr = os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0)
+		}
+		if aerr != nil {
+			// No fusectl (/sys/fs/fuse/connections not mounted): a
+			// forced unmount aborts the connection first (the kernel's
+			// fuse_umount_begin), then unmounts unless the mount is busy.
+			ferr := unix.Unmount(s.dir, unix.MNT_FORCE)
+			if ferr == nil || ferr == unix.EBUSY {
+				aerr, how = nil, "by a forced unmount"
+			} else {
+				aerr = errors.Join(aerr, ferr)
+			}
+		}
+		if aerr != nil {
+			s.log.Error("io_uring queue failed and the FUSE connection cannot be aborted: requests from its CPU wait "+
+				"until the mount is aborted (volfs umount --force)", slog.Int("queue", qid), slog.Any("err", err),
+				slog.Any("abort_err", aerr))
+			return
+		}
+		s.log.Error("io_uring queue failed; aborted the FUSE connection (the kernel cannot move a running mount back "+
+			"to /dev/fuse): unmount and mount again, with --io-uring=false to serve without io_uring",
+			slog.Int("queue", qid), slog.Any("err", err), slog.String("how", how))
+	})
+}
+
+// fuseConnection returns the /sys/fs/fuse/connections directory of the
+// FUSE mount at dir (the last one mounted there), found in
+// /proc/self/mountinfo: a stat of the mount point would be a request to
+// this very server.
+func fuseConnection(dir string) (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	conn := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent major:minor root mountpoint options... - fstype source ...
+		f := strings.Fields(line)
+		sep := slices.Index(f, "-")
+		if sep < 5 || sep+1 >= len(f) || unescapeMountinfo(f[4]) != dir ||
+			(f[sep+1] != "fuse" && !strings.HasPrefix(f[sep+1], "fuse.")) {
+			continue
+		}
+		majS, minS, _ := strings.Cut(f[2], ":")
+		maj, err1 := strconv.ParseUint(majS, 10, 32)
+		mnr, err2 := strconv.ParseUint(minS, 10, 32)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// The directory is named after the kernel's dev_t of the mount.
+		conn = "/sys/fs/fuse/connections/" + strconv.FormatUint(maj<<20|mnr, 10)
+	}
+	if conn == "" {
+		return "", fmt.Errorf("no FUSE mount at %s in /proc/self/mountinfo", dir)
+	}
+	return conn, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of a path
+// in /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // testFailQueue is fault injection for the integration tests: the queue
 // whose number VOLFS_TEST_FAIL_QUEUE names fails to start, as a real
 // failure would, after the kernel agreed to io_uring.
 var testFailQueue = os.Getenv("VOLFS_TEST_FAIL_QUEUE")
+
+// testFailRing is fault injection for the integration tests, a
+// comma-separated list in VOLFS_TEST_FAIL_RING:
+//   - "entries": each queue registers only its first entry; every other
+//     one starts with an error completion (a NOP that completes with EIO,
+//     as a refused registration or commit would) and must be registered
+//     again for the queue to keep its depth.
+//   - "submit": once the queues have answered failSubmitAfter requests,
+//     their io_uring_enter fails, as a broken ring's would.
+var testFailRing = os.Getenv("VOLFS_TEST_FAIL_RING")
+
+const failSubmitAfter = 200
+
+type ringFault struct {
+	entries bool
+	submit  bool
+}
+
+func parseRingFault(s string) ringFault {
+	var f ringFault
+	for _, w := range strings.Split(s, ",") {
+		switch w {
+		case "entries":
+			f.entries = true
+		case "submit":
+			f.submit = true
+		}
+	}
+	return f
+}
 
 func (s *ringServer) newQueue(qid int) (*ringQueue, error) {
 	if testFailQueue == strconv.Itoa(qid) {
@@ -374,7 +582,7 @@ func (s *ringServer) newQueue(qid int) (*ringQueue, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &ringQueue{s: s, qid: qid, r: r, efd: -1}
+	q := &ringQueue{s: s, qid: qid, r: r, efd: -1, fault: parseRingFault(testFailRing)}
 	if err := r.RegisterFiles([]int32{int32(s.fuseFd)}); err != nil {
 		q.close()
 		return nil, err
@@ -405,39 +613,113 @@ func (s *ringServer) newQueue(qid int) (*ringQueue, error) {
 		e.hdr = small[i*hdrStride : i*hdrStride+ringHdrSize]
 		e.payload = big[i*maxIO : (i+1)*maxIO : (i+1)*maxIO]
 		e.iov = (*[2]unix.Iovec)(unsafe.Pointer(&small[i*hdrStride+ringHdrSize]))
-		e.iov[0].Base, e.iov[0].Len = &e.hdr[0], ringHdrSize
+		e.iov[0].Base, e.iov[0].Len = &e.hdr[0], uint64(ringHdrSize)
 		e.iov[1].Base, e.iov[1].Len = &e.payload[0], maxIO
+		if i > 0 && q.fault.entries {
+			q.injectError(i, syscall.EIO)
+			continue
+		}
 		q.fuseCmd(i, cmdRegister, 0)
 	}
 	q.live = ringDepth
 	q.armWake()
-	if err := r.SubmitAndWait(0); err != nil {
+	if err := q.submit(0); err != nil {
+		q.close()
+		return nil, err
+	}
+	if q.err != nil {
+		err := q.err
 		q.close()
 		return nil, err
 	}
 	return q, nil
 }
 
+// close ends the queue once its thread has stopped.
 func (q *ringQueue) close() {
+	// Workers still answering requests hand their entries back through
+	// the eventfd: from now on they drop them instead, so nothing is
+	// written to a closed descriptor whose number another file (a
+	// device) may have by then.
+	q.mu.Lock()
+	q.stopped = true
+	q.done = nil
 	if q.efd >= 0 {
 		unix.Close(q.efd)
+		q.efd = -1
 	}
+	q.mu.Unlock()
 	q.r.Close()
+	// Device operations a failed queue left in flight: the kernel holds
+	// its own reference to their files until it has finished or
+	// cancelled them, so the device may close.
+	for i := range q.ents {
+		q.endDevice(i)
+	}
 	// The buffers stay mapped: the kernel may still hold a request's
-	// pages until the connection's teardown has finished; the process
-	// reclaims them when the mount's server exits.
+	// pages until the connection's teardown has finished, and workers
+	// may still be answering into them; the process reclaims them when
+	// the mount's server exits.
 }
 
-// sqe returns a submission entry, submitting what is queued if full.
+// sqe returns a submission entry, submitting what is queued while the
+// submission queue is full. It returns nil once the queue has failed:
+// the ring refuses submissions, or the queue stays full (its completions,
+// which would let it drain, are this thread's own work).
 func (q *ringQueue) sqe() *uring.SQE {
-	for {
+	for try := 0; q.err == nil; try++ {
 		if s := q.r.SQE(); s != nil {
 			return s
 		}
-		if err := q.r.SubmitAndWait(0); err != nil {
-			q.s.log.Error("io_uring submit", slog.Int("queue", q.qid), slog.Any("err", err))
+		if try == sqeTries {
+			q.fail(fmt.Errorf("the io_uring submission queue stays full after %d submissions", sqeTries))
+			break
+		}
+		if try > 0 {
+			// EAGAIN or EBUSY from the kernel: give it a moment.
+			time.Sleep(time.Millisecond)
+		}
+		if err := q.submit(0); err != nil {
+			q.fail(err)
 		}
 	}
+	return nil
+}
+
+// sqeTries bounds sqe's submissions (about 0.1 s): at most ringDepth+1
+// operations of a queue are ever in flight, so a full submission queue of
+// 4*ringDepth means the kernel takes none.
+const sqeTries = 100
+
+// fail records why the queue cannot go on (the first reason); its thread
+// stops at the next turn of its loop and aborts the connection.
+func (q *ringQueue) fail(err error) {
+	if q.err == nil {
+		q.err = err
+	}
+}
+
+// submit is the ring's SubmitAndWait, where the tests' fault injection
+// can make it fail.
+func (q *ringQueue) submit(wait uint32) error {
+	if q.fault.submit && q.s.served.Load() >= failSubmitAfter {
+		return errors.New("io_uring_enter failed on purpose (VOLFS_TEST_FAIL_RING=submit)")
+	}
+	return q.r.SubmitAndWait(wait)
+}
+
+// injectError makes entry i's next completion an error, as if the kernel
+// had refused its command (VOLFS_TEST_FAIL_RING=entries).
+func (q *ringQueue) injectError(i int, errno syscall.Errno) {
+	s := q.sqe()
+	if s == nil {
+		return
+	}
+	res := -int32(errno)
+	s.Opcode = uring.OpNop
+	s.OpFlags = uring.NopInjectResult
+	s.Len = uint32(res)
+	s.UserData = userData(kindFuse, i)
 }
 
 func userData(kind, i int) uint64 { return uint64(kind)<<32 | uint64(i) }
@@ -446,11 +728,16 @@ func userData(kind, i int) uint64 { return uint64(kind)<<32 | uint64(i) }
 func (q *ringQueue) fuseCmd(i int, op uint32, commitID uint64) {
 	e := &q.ents[i]
 	s := q.sqe()
+	if s == nil {
+		return // the queue failed: the abort ends the entry's request
+	}
 	s.Opcode = uring.OpUringCmd
 	s.Flags = uring.SqeFixedFile
 	s.Fd = 0
 	s.Off = uint64(op)
 	s.Addr = uint64(uintptr(unsafe.Pointer(e.iov)))
+	// e.iov is not Go memory (newQueue maps it): its address may be kept
+	// as an integer.
 	s.Len = 2
 	s.UserData = userData(kindFuse, i)
 	*(*cmdReq)(unsafe.Pointer(&s.Cmd[0])) = cmdReq{CommitID: commitID, Qid: uint16(q.qid)}
@@ -458,6 +745,9 @@ func (q *ringQueue) fuseCmd(i int, op uint32, commitID uint64) {
 
 func (q *ringQueue) armWake() {
 	s := q.sqe()
+	if s == nil {
+		return
+	}
 	s.Opcode = uring.OpRead
 	s.Fd = int32(q.efd)
 	s.Addr = uint64(uintptr(unsafe.Pointer(&q.wake[0])))
@@ -465,17 +755,21 @@ func (q *ringQueue) armWake() {
 	s.UserData = userData(kindWake, 0)
 }
 
+// loop serves until every entry has ended or the queue has failed.
 func (q *ringQueue) loop() {
-	for q.live > 0 {
+	for q.live > 0 && q.err == nil {
 		if q.inDevice > 0 && q.inDevice <= spinMaxInFlight && q.devLatency < spinIfUnder && q.spin() {
 			q.r.Completions(q.complete)
 			continue
 		}
-		if err := q.r.SubmitAndWait(1); err != nil {
-			q.s.log.Error("io_uring wait; the queue stops", slog.Int("queue", q.qid), slog.Any("err", err))
-			return
+		if err := q.submit(1); err != nil {
+			q.fail(err)
+			break
 		}
 		q.r.Completions(q.complete)
+	}
+	if q.err == nil && q.tornDown == 0 {
+		q.fail(errors.New("every entry of the queue was refused"))
 	}
 }
 
@@ -488,6 +782,9 @@ func (q *ringQueue) loop() {
 func (q *ringQueue) spin() bool {
 	deadline := time.Now().Add(spinFor)
 	for {
+		if q.fault.submit && q.s.served.Load() >= failSubmitAfter {
+			return false
+		}
 		if err := q.r.Poll(); err != nil {
 			return false
 		}
@@ -510,17 +807,23 @@ const (
 
 func (q *ringQueue) complete(c *uring.CQE) {
 	i := int(uint32(c.UserData))
-	switch c.UserData >> 32 {
+	kind := c.UserData >> 32
+	if q.err != nil {
+		// The queue has failed and the connection is being aborted:
+		// only the device references are settled.
+		if kind == kindDev {
+			q.inDevice--
+			q.endDevice(i)
+		}
+		return
+	}
+	switch kind {
 	case kindFuse:
 		if c.Res < 0 {
-			// The connection is going away (unmount) or the entry was
-			// refused; either way it is no longer the kernel's.
-			q.live--
-			if errno := syscall.Errno(-c.Res); errno != syscall.ENOTCONN && errno != syscall.ECONNABORTED && errno != syscall.ECANCELED {
-				q.s.log.Warn("io_uring entry ended", slog.Int("queue", q.qid), slog.Any("err", errno))
-			}
+			q.entryError(i, syscall.Errno(-c.Res))
 			return
 		}
+		q.ents[i].fails = 0
 		if !q.startDirect(i) {
 			go q.serve(i)
 		}
@@ -536,6 +839,47 @@ func (q *ringQueue) complete(c *uring.CQE) {
 		}
 		q.armWake()
 	}
+}
+
+// entryError handles a FUSE command of entry i that the kernel ended with
+// an error. At the connection's end (unmount, abort, the ring's thread
+// exiting) the entry is done. Any other error (a registration or commit
+// the kernel refused) leaves the kernel without the entry: it is
+// registered again, or the queue would shrink with each such error until
+// requests from its CPU wait forever. An entry refused maxEntryFails times
+// in a row is given up, loudly; a queue left without entries fails.
+func (q *ringQueue) entryError(i int, errno syscall.Errno) {
+	e := &q.ents[i]
+	switch errno {
+	case syscall.ENOTCONN, syscall.ECONNABORTED, syscall.ECANCELED:
+		q.live--
+		q.tornDown++
+		return
+	}
+	e.fails++
+	if e.fails > maxEntryFails {
+		q.live--
+		q.s.log.Error("io_uring entry refused again and again; the queue goes on without it", slog.Int("queue", q.qid),
+			slog.Int("entry", i), slog.Any("err", errno), slog.Int("entries_left", q.live))
+		return
+	}
+	q.s.log.Warn("io_uring entry ended with an error; registering it again", slog.Int("queue", q.qid),
+		slog.Int("entry", i), slog.Any("err", errno))
+	q.s.rearmed.Add(1)
+	q.fuseCmd(i, cmdRegister, 0)
+}
+
+const maxEntryFails = 3
+
+// endDevice drops entry i's device reference, if it holds one.
+func (q *ringQueue) endDevice(i int) *Image {
+	e := &q.ents[i]
+	img := e.img
+	if e.dev != nil {
+		e.dev.release()
+	}
+	e.dev, e.img = nil, nil
+	return img
 }
 
 // commit sends entry i's reply (header and payload_sz already set).
@@ -582,12 +926,15 @@ func (q *ringQueue) serve(i int) {
 
 // finished hands entry i, its reply written, back to the queue's thread
 // for its commit.
+// The eventfd is written under q.mu, which close takes to close it.
 func (q *ringQueue) finished(i int) {
 	q.mu.Lock()
-	first := len(q.done) == 0
+	defer q.mu.Unlock()
+	if q.stopped {
+		return // the queue has ended; so has the connection or its ring
+	}
 	q.done = append(q.done, i)
-	q.mu.Unlock()
-	if first {
+	if len(q.done) == 1 {
 		one := [8]byte{1}
 		unix.Write(q.efd, one[:])
 	}
@@ -617,8 +964,7 @@ func (q *ringQueue) startDirect(i int) bool {
 	var off, size int64
 	switch h.Opcode {
 	case opFsync:
-		// fuse_fsync_in: fh, fsync_flags.
-		if *(*uint32)(unsafe.Pointer(&e.hdr[ringOpInOff+8]))&fsyncDataOnly == 0 {
+		if (*fsyncArgs)(unsafe.Pointer(&e.hdr[ringOpInOff])).FsyncFlags&fsyncDataOnly == 0 {
 			return false
 		}
 		op = uring.OpFsync
@@ -645,9 +991,13 @@ func (q *ringQueue) startDirect(i int) bool {
 	if !d.acquire() {
 		return false
 	}
+	s := q.sqe()
+	if s == nil {
+		d.release()
+		return true // the queue failed: the abort ends the request
+	}
 	e.dev, e.img, e.started = d, n, time.Now()
 	q.inDevice++
-	s := q.sqe()
 	s.Opcode = op
 	s.Fd = d.fd
 	if op == uring.OpFsync {
@@ -656,6 +1006,7 @@ func (q *ringQueue) startDirect(i int) bool {
 		// device's write cache.
 		s.OpFlags = uring.FsyncDatasync
 	} else {
+		// The payload is not Go memory (newQueue maps it).
 		s.Addr = uint64(uintptr(unsafe.Pointer(&e.payload[0])))
 		s.Len = uint32(size)
 		s.Off = uint64(off)
@@ -671,9 +1022,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 	q.inDevice--
 	now := time.Now()
 	q.devLatency += (now.Sub(e.started) - q.devLatency) / 8
-	e.dev.release()
-	img := e.img
-	e.dev, e.img = nil, nil
+	img := q.endDevice(i)
 	if res < 0 {
 		// Let the handle's code redo it: it maps and logs the error
 		// as every other request's.
@@ -687,7 +1036,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 	case opWrite:
 		img.wtime.Store(now.UnixNano())
 		img.written.Store(true)
-		*(*[2]uint32)(unsafe.Pointer(&e.payload[0])) = [2]uint32{uint32(res), 0} // fuse_write_out
+		*(*writeOut)(unsafe.Pointer(&e.payload[0])) = writeOut{Size: uint32(res)}
 		n = 8
 	case opFsync:
 		// fdatasync persists the size too if it changed (Fsync): then,

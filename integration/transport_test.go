@@ -2,11 +2,15 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/volfs/volfs/internal/testutil"
 )
@@ -114,5 +118,134 @@ func TestTransportFallback(t *testing.T) {
 		bytes.Contains(log, []byte("serving FUSE requests through io_uring")) ||
 		bytes.Contains(log, []byte("cannot make the kernel fall back")) {
 		t.Fatalf("want a fall back to /dev/fuse after a queue failed:\n%s", log)
+	}
+}
+
+// ringAccount returns what the server's log says of its io_uring queues:
+// how many it started and their depth, and at unmount how many entries
+// they still had and how many they registered again after an error.
+func ringAccount(t *testing.T, log []byte) (queues, depth, entries, rearmed int) {
+	t.Helper()
+	started := regexp.MustCompile(`serving FUSE requests through io_uring.* queues=(\d+) depth=(\d+)`).FindSubmatch(log)
+	ended := regexp.MustCompile(`io_uring queues ended.* entries=(\d+) rearmed=(\d+)`).FindSubmatch(log)
+	if started == nil || ended == nil {
+		t.Fatalf("no account of the io_uring queues in the log:\n%s", log)
+	}
+	queues, _ = strconv.Atoi(string(started[1]))
+	depth, _ = strconv.Atoi(string(started[2]))
+	entries, _ = strconv.Atoi(string(ended[1]))
+	rearmed, _ = strconv.Atoi(string(ended[2]))
+	return queues, depth, entries, rearmed
+}
+
+// TestRingEntryErrors: a ring entry whose command the kernel ends with an
+// error (a refused registration or commit) must be registered again, or
+// the queue shrinks by one entry per error until it serves nothing. The
+// fault injection VOLFS_TEST_FAIL_RING=entries starts every entry of every
+// queue but the first with an error completion; the queues must still
+// have all their entries at unmount, and serve a verified workload at
+// depth meanwhile.
+func TestRingEntryErrors(t *testing.T) {
+	if !kernelHasFUSEURing() {
+		t.Skip("this kernel has no FUSE over io_uring (/sys/module/fuse/parameters/enable_uring)")
+	}
+	testutil.Need(t, "fio")
+	t.Setenv("VOLFS_TEST_FAIL_RING", "entries")
+	m, dev := setup(t, 32<<20)
+	sh(t, "fio", "--name=entries", "--filename="+m.path(dev), "--rw=randrw", "--bsrange=4k-256k", "--size=24M",
+		"--ioengine=libaio", "--iodepth=32", "--direct=1", "--verify=crc32c", "--verify_fatal=1",
+		"--verify_state_save=0", "--do_verify=1", "--output-format=terse")
+	sh(t, "ls", "-l", m.dir)
+	m.umount()
+	log, err := os.ReadFile(m.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	queues, depth, entries, rearmed := ringAccount(t, log)
+	if entries != queues*depth || rearmed < queues*(depth-1) {
+		t.Fatalf("%d queues of %d ended with %d entries after %d registrations again; want %d entries after at least %d:\n%s",
+			queues, depth, entries, rearmed, queues*depth, queues*(depth-1), log)
+	}
+	if strings.Contains(string(log), "level=ERROR") {
+		t.Fatalf("errors in the server log:\n%s", log)
+	}
+	// volfs's main gives the rings their Ps (the fs package only warns).
+	if strings.Contains(string(log), "GOMAXPROCS is lower") {
+		t.Fatalf("the server ran with too few Ps for its io_uring queues:\n%s", log)
+	}
+	t.Logf("%d queues of %d: %d entries at unmount, %d registered again", queues, depth, entries, rearmed)
+}
+
+// TestRingFailure: a queue whose ring breaks while serving (here every
+// io_uring_enter fails once the queues answered 200 requests, through
+// VOLFS_TEST_FAIL_RING=submit) cannot hand its requests back to
+// /dev/fuse: the kernel would keep routing requests to it and they would
+// wait forever. The server must abort the connection instead: clients get
+// errors promptly, the log says why, the mount point answers ENOTCONN
+// until it is unmounted.
+func TestRingFailure(t *testing.T) {
+	if !kernelHasFUSEURing() {
+		t.Skip("this kernel has no FUSE over io_uring (/sys/module/fuse/parameters/enable_uring)")
+	}
+	testutil.Need(t, "fio")
+	t.Setenv("VOLFS_TEST_FAIL_RING", "submit")
+	m, dev := setup(t, 32<<20)
+	// The mount must not stay wedged whatever happens: a forced unmount
+	// aborts it (before newMount's cleanup, which would wait on it).
+	t.Cleanup(func() {
+		if ok, _ := isMounted(m.dir); ok {
+			_ = syscall.Unmount(m.dir, syscall.MNT_FORCE)
+			_ = syscall.Unmount(m.dir, syscall.MNT_DETACH)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fio := exec.CommandContext(ctx, "fio", "--name=broken", "--filename="+m.path(dev), "--rw=randrw",
+		"--bs=4k", "--size=24M", "--ioengine=libaio", "--iodepth=16", "--direct=1", "--loops=20",
+		"--output-format=terse")
+	// fio runs its job in a child process: on timeout, kill them all.
+	fio.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	fio.Cancel = func() error { return syscall.Kill(-fio.Process.Pid, syscall.SIGKILL) }
+	fio.WaitDelay = 10 * time.Second
+	out, err := fio.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("fio still waiting for the mount after the ring broke:\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("fio succeeded on a mount whose ring broke:\n%s", out)
+	}
+	// The server exits once the connection is gone.
+	deadline := time.Now().Add(30 * time.Second)
+	var log []byte
+	for {
+		log, _ = os.ReadFile(m.log)
+		if bytes.Contains(log, []byte("msg=unmounted")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The mount point answers ENOTCONN until it is unmounted (unless the
+	// server's forced unmount already took it away).
+	if ok, _ := isMounted(m.dir); ok {
+		var st syscall.Stat_t
+		if err := syscall.Stat(m.path(dev), &st); err != syscall.ENOTCONN {
+			t.Errorf("stat after the abort: %v, want ENOTCONN", err)
+		}
+		if err := syscall.Unmount(m.dir, 0); err != nil {
+			t.Errorf("unmount after the abort: %v", err)
+		}
+	}
+	if !bytes.Contains(log, []byte("io_uring queue failed; aborted the FUSE connection")) ||
+		!bytes.Contains(log, []byte("VOLFS_TEST_FAIL_RING=submit")) {
+		t.Fatalf("no account of the abort in the server log:\n%s", log)
+	}
+	if !bytes.Contains(log, []byte("msg=unmounted")) {
+		t.Fatalf("the server did not end after the abort:\n%s", log)
+	}
+	t.Logf("fio: %v", err)
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, "aborted the FUSE connection") {
+			t.Log(l)
+		}
 	}
 }

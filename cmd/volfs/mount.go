@@ -205,8 +205,13 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		// device syscall; with only one P per core, runnable request
 		// goroutines wait until the runtime takes a P back from a blocked
 		// thread. More Ps than cores keep them running (measured: +25-50%
-		// IOPS at queue depth 32). The io_uring queues hold a P each.
-		runtime.GOMAXPROCS(max(16, 8*runtime.NumCPU()))
+		// IOPS at queue depth 32). The io_uring queues, one per possible
+		// CPU, keep a P each while they wait (volfs.RingProcs).
+		procs := max(16, 8*runtime.NumCPU())
+		if c.ioURing {
+			procs = max(procs, volfs.RingProcs())
+		}
+		runtime.GOMAXPROCS(procs)
 	}
 	ctx := context.Background()
 	drv, err := c.driver(ctx, log)

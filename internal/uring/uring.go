@@ -89,6 +89,21 @@ type CQE struct {
 	Flags    uint32
 }
 
+// The kernel's layouts (<linux/io_uring.h>), checked at compile time: an
+// array type [N]byte is assignable only to [N]byte, so a size that
+// differs does not compile.
+var (
+	_ [sqeSize]byte = [unsafe.Sizeof(SQE{})]byte{}            // io_uring_sqe with SQE128
+	_ [48]byte      = [unsafe.Offsetof(SQE{}.Cmd)]byte{}      // sqe->cmd
+	_ [32]byte      = [unsafe.Offsetof(SQE{}.UserData)]byte{} // sqe->user_data
+	_ [cqeSize]byte = [unsafe.Sizeof(CQE{})]byte{}            // io_uring_cqe without CQE32
+	_ [120]byte     = [unsafe.Sizeof(params{})]byte{}         // io_uring_params
+	_ [40]byte      = [unsafe.Sizeof(sqRingOffsets{})]byte{}  // io_sqring_offsets
+	_ [40]byte      = [unsafe.Sizeof(cqRingOffsets{})]byte{}  // io_cqring_offsets
+	_ [24]byte      = [unsafe.Sizeof(getEventsArg{})]byte{}   // io_uring_getevents_arg
+	_ [16]byte      = [unsafe.Sizeof(unix.Timespec{})]byte{}  // __kernel_timespec
+)
+
 // Ring is one io_uring instance.
 type Ring struct {
 	fd      int
@@ -105,10 +120,12 @@ type Ring struct {
 	sqes    []SQE
 	pending uint32 // SQEs filled but not yet submitted
 	tail    uint32 // our copy of the SQ tail
-	// waitArg is the bounded wait's argument. It lives with the ring, on
-	// the heap: a stack address handed to the kernel as a uintptr could
-	// move with the goroutine's stack before the call.
-	waitArg getEventsArg
+	// argMem holds the bounded wait's argument and its timeout. The
+	// kernel gets their addresses as integers (in io_uring_enter's
+	// argument and inside it): they live outside the Go heap, where
+	// nothing moves or frees them while the ring exists.
+	argMem  []byte
+	waitArg *getEventsArg
 }
 
 // New sets up a ring with room for entries submissions (a power of two)
@@ -120,7 +137,6 @@ func New(entries uint32) (*Ring, error) {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
 	r := &Ring{fd: int(fd)}
-	r.waitArg.Ts = uint64(uintptr(unsafe.Pointer(&maxWait)))
 	if p.Features&featSingleMmap == 0 {
 		r.Close()
 		return nil, fmt.Errorf("io_uring: kernel lacks IORING_FEAT_SINGLE_MMAP")
@@ -148,11 +164,24 @@ func New(entries uint32) (*Ring, error) {
 	r.cqes = unsafe.Slice((*CQE)(unsafe.Pointer(&mem[p.CqOff.Cqes])), p.CqEntries)
 	r.sqes = unsafe.Slice((*SQE)(unsafe.Pointer(&sqes[0])), p.SqEntries)
 	r.tail = r.sqTail.Load()
+	args, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("io_uring mmap arguments: %w", err)
+	}
+	r.argMem = args
+	r.waitArg = (*getEventsArg)(unsafe.Pointer(&args[0]))
+	ts := (*unix.Timespec)(unsafe.Pointer(&args[unsafe.Sizeof(getEventsArg{})]))
+	*ts = maxWait
+	r.waitArg.Ts = uint64(uintptr(unsafe.Pointer(ts)))
 	return r, nil
 }
 
 // Close releases the ring.
 func (r *Ring) Close() {
+	if r.argMem != nil {
+		unix.Munmap(r.argMem)
+	}
 	if r.sqeMem != nil {
 		unix.Munmap(r.sqeMem)
 	}
@@ -199,6 +228,13 @@ type getEventsArg struct {
 // maxWait bounds one wait in the kernel (see SubmitAndWait).
 var maxWait = unix.Timespec{Nsec: 250e6}
 
+// NOP and fault injection: IORING_OP_NOP with IORING_NOP_INJECT_RESULT
+// completes with the result in Len (kernel >= 6.10).
+const (
+	OpNop           = 0
+	NopInjectResult = 1 << 0
+)
+
 // SubmitAndWait submits what SQE handed out and waits until at least
 // wait completions are there, or at most a quarter second. EINTR and the
 // timeout are not errors: it returns early.
@@ -213,7 +249,9 @@ func (r *Ring) SubmitAndWait(wait uint32) error {
 	if wait == 0 {
 		return r.enter(0, 0, 0, 0)
 	}
-	return r.enter(wait, enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(&r.waitArg)), unsafe.Sizeof(r.waitArg))
+	// waitArg is not Go memory (argMem): its address may travel as a
+	// uintptr.
+	return r.enter(wait, enterGetEvents|enterExtArg, uintptr(unsafe.Pointer(r.waitArg)), unsafe.Sizeof(*r.waitArg))
 }
 
 // Poll submits what SQE handed out and runs the completion work pending,

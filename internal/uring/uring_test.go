@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"testing"
 	"unsafe"
 )
@@ -27,6 +28,12 @@ func TestReadWrite(t *testing.T) {
 
 	want := bytes.Repeat([]byte("volfs ring "), 1000)
 	got := make([]byte, len(want))
+	// The kernel writes into got and reads want while the test waits:
+	// pinned, their addresses may travel as integers.
+	var pin runtime.Pinner
+	defer pin.Unpin()
+	pin.Pin(&want[0])
+	pin.Pin(&got[0])
 	do := func(op uint8, buf []byte, off uint64, tag uint64) int32 {
 		t.Helper()
 		s := r.SQE()
@@ -81,5 +88,33 @@ func TestFullQueue(t *testing.T) {
 	}
 	if r.SQE() != nil {
 		t.Fatal("a fifth SQE in a queue of four")
+	}
+}
+
+// TestInjectResult checks the fault injection the FUSE queues' tests use:
+// a NOP that completes with a chosen error.
+func TestInjectResult(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := New(4)
+	if err != nil {
+		t.Skipf("no io_uring here: %v", err)
+	}
+	defer r.Close()
+	s := r.SQE()
+	res := -int32(syscall.EIO)
+	s.Opcode, s.OpFlags, s.Len, s.UserData = OpNop, NopInjectResult, uint32(res), 42
+	if err := r.SubmitAndWait(1); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	r.Completions(func(c *CQE) {
+		n++
+		if c.UserData != 42 || c.Res != -int32(syscall.EIO) {
+			t.Errorf("completion %d res %d, want 42 res %d", c.UserData, c.Res, -int32(syscall.EIO))
+		}
+	})
+	if n != 1 {
+		t.Fatalf("%d completions, want 1", n)
 	}
 }
