@@ -18,7 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	volfs "github.com/volfs/volfs/fs"
-	"github.com/volfs/volfs/internal/mountinfo"
+	"github.com/volfs/volfs/internal/lock"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/blockdev"
 )
@@ -36,6 +36,12 @@ type mountCmd struct {
 	allowOther bool
 	ioURing    bool
 	cpuProfile string
+
+	holder lock.Holder // this server, as its locks name it
+	// locks are held until the process exits (dropped, they would be
+	// closed by the garbage collector, releasing them). Appended to by
+	// the driver's scans, which it serializes.
+	locks []*lock.Lock
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -94,6 +100,7 @@ func (c *mountCmd) run(mountpoint string) error {
 	if err != nil {
 		return err
 	}
+	c.warnIfNotEmpty(mnt)
 	if !c.foreground {
 		return c.spawn(mnt)
 	}
@@ -113,10 +120,16 @@ func checkMountpoint(mountpoint string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Before any stat: a stat of a wedged mount would never return.
+	if err := notMounted(abs); err != nil {
+		return "", err
+	}
 	st, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return "", fmt.Errorf("mountpoint %s does not exist: create it with mkdir -p %s", abs, abs)
+	case errors.Is(err, syscall.ENOTCONN):
+		return "", fmt.Errorf("mountpoint %s is a FUSE mount whose server has died: run 'volfs umount %s' (add --force if that fails) first", abs, abs)
 	case err != nil:
 		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
 	case !st.IsDir():
@@ -125,8 +138,8 @@ func checkMountpoint(mountpoint string) (string, error) {
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
-	if mounted, fstype := mountinfo.MountPoint(abs); mounted {
-		return "", fmt.Errorf("%s is already a mount point (%s): unmount it first", abs, fstype)
+	if err := notMounted(abs); err != nil {
+		return "", err
 	}
 	return abs, nil
 }
@@ -204,6 +217,11 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		runtime.GOMAXPROCS(max(16, 8*runtime.NumCPU()))
 	}
 	ctx := context.Background()
+	holder, err := c.lockVG(mnt)
+	if err != nil {
+		return err
+	}
+	c.holder = holder
 	drv, err := c.driver(ctx, log)
 	if err != nil {
 		return err
@@ -219,10 +237,11 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
 	}
-	pidFile := pidPath(mnt)
-	_ = os.MkdirAll(filepath.Dir(pidFile), 0o755)
-	_ = os.WriteFile(pidFile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644)
-	defer os.Remove(pidFile)
+	if removePid, err := writePidFile(mnt); err != nil {
+		log.Warn("no pid file: volfs umount will not wait for this server", slog.Any("err", err))
+	} else {
+		defer removePid()
+	}
 
 	go func() {
 		for s := range sigs {
@@ -257,7 +276,7 @@ func (c *mountCmd) driver(ctx context.Context, log *slog.Logger) (volmap.Driver,
 	if c.vg != "" {
 		return newLVMDriver(ctx, c, log)
 	}
-	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log})
+	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log, Claim: c.claimDevice})
 }
 
 // startCPUProfile profiles the server, for `make bench` investigations.

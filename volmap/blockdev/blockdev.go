@@ -25,6 +25,11 @@ type Config struct {
 	// StateDir keeps the attributes volumes do not have (mode, owner, ...).
 	StateDir string
 	Log      *slog.Logger
+	// Claim, if set, is called once for each device identity before the
+	// device is served, and refuses one that another server serves. At
+	// New, a refusal is an error; a device found by a later scan is then
+	// skipped with a warning.
+	Claim func(id string) error
 	// SysRoot is where sysfs and /dev/disk/by-id are looked up ("" = "/");
 	// tests point it elsewhere.
 	SysRoot string
@@ -43,6 +48,10 @@ type Driver struct {
 	// known is the last device each name led to, for the whole mount (a
 	// name that disappears and comes back leading elsewhere is new).
 	known map[string]device
+	// claimed are the identities Config.Claim granted.
+	claimed map[string]bool
+	// initial is true during New's scan, when a refused claim is an error.
+	initial bool
 	rescanIn time.Duration
 }
 
@@ -82,10 +91,11 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{cfg: cfg, store: store, log: cfg.Log, warned: map[string]bool{}, known: map[string]device{}, rescanIn: time.Second}
+	d := &Driver{cfg: cfg, store: store, log: cfg.Log, warned: map[string]bool{}, known: map[string]device{}, claimed: map[string]bool{}, rescanIn: time.Second, initial: true}
 	if err := d.scan(); err != nil {
 		return nil, err
 	}
+	d.initial = false
 	if len(d.devs) == 0 {
 		return nil, fmt.Errorf("no block device matches %s: check the paths, or create the devices first",
 			strings.Join(cfg.Globs, " "))
@@ -118,6 +128,14 @@ func (d *Driver) scan() error {
 				continue
 			}
 			dev := device{path: m, rdev: rdev, id: d.identity(rdev)}
+			if err := d.claim(dev.id); err != nil {
+				if d.initial {
+					return fmt.Errorf("%s: %w", m, err)
+				}
+				d.warnOnce("claim "+dev.id, "skipping a device another server serves",
+					slog.String("path", m), slog.String("id", dev.id), slog.Any("err", err))
+				continue
+			}
 			if prev, ok := d.known[name]; ok && (prev.id != dev.id || prev.changed) {
 				dev.changed = true
 				if prev.id != dev.id {
@@ -133,6 +151,17 @@ func (d *Driver) scan() error {
 	}
 	d.devs = devs
 	d.scanned = time.Now()
+	return nil
+}
+
+func (d *Driver) claim(id string) error {
+	if d.cfg.Claim == nil || d.claimed[id] {
+		return nil
+	}
+	if err := d.cfg.Claim(id); err != nil {
+		return err
+	}
+	d.claimed[id] = true
 	return nil
 }
 

@@ -1,0 +1,124 @@
+// Package lock keeps two volfs servers from serving one thing (a device, a
+// volume group) at once: an flock(2) on a file under a directory of
+// /run, which the kernel drops when the holding process dies, however it
+// dies. The exclusive holder writes what it serves from (its mount point)
+// and its identity into the file, so a refused server can name it.
+package lock
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/internal/proc"
+)
+
+// Holder is who holds a lock: a server and its mount point.
+type Holder struct {
+	Mount string
+	Proc  proc.ID
+}
+
+// HeldError says a lock is held by another server.
+type HeldError struct {
+	Key    string
+	Holder Holder // zero when the holder did not say (a shared holder)
+}
+
+func (e *HeldError) Error() string {
+	if e.Holder.Mount == "" {
+		return fmt.Sprintf("%s is held by another volfs server", e.Key)
+	}
+	return fmt.Sprintf("%s is served by the volfs mount at %s (pid %d)", e.Key, e.Holder.Mount, e.Holder.Proc.Pid)
+}
+
+// Lock is one held lock; Close releases it.
+type Lock struct{ f *os.File }
+
+// Close releases the lock.
+func (l *Lock) Close() error { return l.f.Close() }
+
+func path(dir, key string) string {
+	h := sha256.Sum256([]byte(key))
+	return filepath.Join(dir, hex.EncodeToString(h[:12])+".lock")
+}
+
+// Take locks key without waiting, shared or exclusive. An exclusive holder
+// records h. A lock held in a conflicting way gives a *HeldError.
+func Take(dir, key string, shared bool, h Holder) (*Lock, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock directory %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(path(dir, key), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", key, err)
+	}
+	how := unix.LOCK_EX
+	if shared {
+		how = unix.LOCK_SH
+	}
+	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			he := &HeldError{Key: key}
+			if k, holder, ok := read(f); ok && k == key && holder.Proc.Running() {
+				he.Holder = holder
+			}
+			return nil, he
+		}
+		return nil, fmt.Errorf("lock %s: %w", key, err)
+	}
+	// A former exclusive holder's words are stale now: clear them.
+	if err := f.Truncate(0); err == nil && !shared {
+		b := fmt.Sprintf("%s\n%s\n%s\n", key, h.Mount, h.Proc)
+		_, _ = f.WriteAt([]byte(b), 0)
+	}
+	return &Lock{f: f}, nil
+}
+
+func read(f *os.File) (key string, h Holder, ok bool) {
+	if _, err := f.Seek(0, 0); err != nil {
+		return "", h, false
+	}
+	s := bufio.NewScanner(f)
+	var lines []string
+	for s.Scan() {
+		lines = append(lines, s.Text())
+	}
+	if len(lines) != 3 {
+		return "", h, false
+	}
+	id, err := proc.Parse(lines[2])
+	if err != nil {
+		return "", h, false
+	}
+	return lines[0], Holder{Mount: lines[1], Proc: id}, true
+}
+
+// Held lists the running exclusive holders of the locks under dir whose key
+// starts with prefix.
+func Held(dir, prefix string) []Holder {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.lock"))
+	var out []Holder
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		k, h, ok := read(f)
+		// Still held: a shared lock would be refused.
+		held := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB) != nil
+		f.Close()
+		if ok && held && strings.HasPrefix(k, prefix) && h.Proc.Running() {
+			out = append(out, h)
+		}
+	}
+	return out
+}
