@@ -100,11 +100,15 @@ func (c *mountCmd) run(mountpoint string) error {
 	if err != nil {
 		return err
 	}
-	c.warnIfNotEmpty(mnt)
+	hidden := firstEntry(mnt)
 	if !c.foreground {
-		return c.spawn(mnt)
+		if err := c.spawn(mnt); err != nil {
+			return err
+		}
+		warnHidden(mnt, hidden)
+		return nil
 	}
-	return c.serve(mnt)
+	return c.serve(mnt, hidden)
 }
 
 // checkMountpoint catches what would otherwise fail deep in mount(2) with
@@ -195,7 +199,7 @@ func (c *mountCmd) logger() *slog.Logger {
 
 // serve mounts and serves until unmounted. Errors before the mount is ready
 // go to the waiting parent (or the terminal) as one line.
-func (c *mountCmd) serve(mnt string) (err error) {
+func (c *mountCmd) serve(mnt, hidden string) (err error) {
 	var ready *os.File
 	if os.Getenv(readyFdEnv) == "3" {
 		ready = os.NewFile(3, "ready")
@@ -260,6 +264,9 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		}
 	}
 	log.Info("serving", slog.String("version", version), slog.Bool("read_only", c.readOnly))
+	if hidden != "" {
+		log.Warn("mount point is not empty: its files are hidden while mounted", slog.String("first", hidden))
+	}
 	if ready != nil {
 		fmt.Fprint(ready, "ok")
 		ready.Close()

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 
@@ -23,23 +22,25 @@ func notMounted(dir string) error {
 	return fmt.Errorf("%s is already a mount point (%s): unmount it first", dir, m.FSType)
 }
 
-// warnIfNotEmpty says that a mount hides what the directory holds, as
-// mount(8) would not: the files are still there, out of sight, until
-// unmount. The command's stderr tells the user; the server's log keeps it.
-func (c *mountCmd) warnIfNotEmpty(mnt string) {
-	d, err := os.Open(mnt)
+// firstEntry returns the name of an entry of dir, "" if it is empty. A
+// mount hides what the directory holds (the files stay, out of sight,
+// until unmount); mount(8) does not say so, volfs does: on the command's
+// stderr and in the server's log.
+func firstEntry(dir string) string {
+	d, err := os.Open(dir)
 	if err != nil {
-		return
+		return ""
 	}
 	defer d.Close()
 	names, err := d.Readdirnames(1)
 	if err != nil && err != io.EOF || len(names) == 0 {
-		return
+		return ""
 	}
-	if c.foreground {
-		c.logger().Warn("mount point is not empty: its files are hidden while mounted",
-			slog.String("mount", mnt), slog.String("first", names[0]))
-		return
+	return names[0]
+}
+
+func warnHidden(mnt, first string) {
+	if first != "" {
+		fmt.Fprintf(os.Stderr, "volfs: warning: %s is not empty (%s, ...): its files are hidden while mounted\n", mnt, first)
 	}
-	fmt.Fprintf(os.Stderr, "volfs: warning: %s is not empty (%s, ...): its files are hidden while mounted\n", mnt, names[0])
 }

@@ -110,10 +110,10 @@ func (c *umountCmd) run(mountpoint string) error {
 		return fmt.Errorf("unmounting %s did not finish within %s: its server%s does not answer; 'volfs umount --force %s' aborts its connection and detaches it",
 			mnt, c.timeout, pidNote(srv, running), mnt)
 	case errors.Is(err, syscall.EBUSY):
-		if h := holders(mnt); h != "" {
-			return fmt.Errorf("%s is busy, in use by %s: close those first", mnt, h)
+		if h := holdersWithin(mnt, deadline); h != "" {
+			return fmt.Errorf("%s is busy, in use by %s: close those first (or detach it anyway with 'volfs umount --force %s')", mnt, h, mnt)
 		}
-		return fmt.Errorf("%s is busy: a process has a file or directory open in it", mnt)
+		return fmt.Errorf("%s is busy: a process has a file or directory open in it (or detach it anyway with 'volfs umount --force %s')", mnt, mnt)
 	case err != nil:
 		return fmt.Errorf("unmount %s: %w", mnt, err)
 	}
@@ -142,11 +142,11 @@ func pidNote(srv proc.ID, running bool) string {
 // ENOTCONN, the server's reads of /dev/fuse fail), unmount, lazily when the
 // mount is in use, then make sure the server is gone.
 func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, running bool, deadline time.Time) error {
-	abortErr := abortConnection(m)
+	abortErr := within(deadline, func() error { return abortConnection(m) })
 	err := within(deadline, func() error { return unix.Unmount(mnt, unix.MNT_FORCE) })
 	var busy string
 	if errors.Is(err, syscall.EBUSY) {
-		busy = holders(mnt)
+		busy = holdersWithin(mnt, deadline)
 		err = within(deadline, func() error { return unix.Unmount(mnt, unix.MNT_DETACH) })
 	}
 	if err != nil && !errors.Is(err, syscall.EINVAL) { // EINVAL: not mounted any more
@@ -208,6 +208,17 @@ func (c *umountCmd) kill(mnt string, srv proc.ID, deadline time.Time) error {
 	}
 	os.Remove(pidPath(mnt))
 	return nil
+}
+
+// holdersWithin is holders, given up at the deadline: reading /proc/PID of
+// a process in the middle of exec waits until it is done, and an exec that
+// closes a file of a wedged mount waits for the server.
+func holdersWithin(dir string, deadline time.Time) string {
+	var h string
+	if err := within(deadline, func() error { h = holders(dir); return nil }); err != nil {
+		return "processes that could not be listed in time"
+	}
+	return h
 }
 
 // holders lists the processes with a file, directory or cwd under dir.
