@@ -45,6 +45,8 @@ type Driver struct {
 	devs     map[string]device // by file name
 	scanned  time.Time
 	warned   map[string]bool // paths already warned about
+	rescanIn time.Duration
+
 	// known is the last device each name led to, for the whole mount (a
 	// name that disappears and comes back leading elsewhere is new).
 	known map[string]device
@@ -52,7 +54,6 @@ type Driver struct {
 	claimed map[string]bool
 	// initial is true during New's scan, when a refused claim is an error.
 	initial bool
-	rescanIn time.Duration
 }
 
 type device struct {
