@@ -2,6 +2,7 @@ package integration
 
 import (
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,7 +71,9 @@ func TestUmountWedgedServer(t *testing.T) {
 	// is stopped, a process of this test with a file of the mount open
 	// could not even start a command (exec closes the fd, which waits for
 	// the server's answer to FLUSH).
-	holder := exec.Command("sh", "-c", "exec 3<"+m.path(dev)+"; read x")
+	holder := exec.Command("sh", "-c", "exec 3<"+m.path(dev)+"; read x; head -c 1 <&3")
+	var holderOut strings.Builder
+	holder.Stdout, holder.Stderr = &holderOut, &holderOut
 	holderIn, err := holder.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +81,7 @@ func TestUmountWedgedServer(t *testing.T) {
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { holderIn.Close(); _ = holder.Wait() }()
+	defer func() { holderIn.Close(); _ = holder.Process.Kill(); _ = holder.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(holdersOf(holder.Process.Pid), m.dir) {
 		if time.Now().After(deadline) {
@@ -102,11 +105,22 @@ func TestUmountWedgedServer(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "--force") {
 		t.Fatalf("umount of a stopped server: exit %d %q; want an error that suggests --force", code, out)
 	}
-	if out, code := volfsRun(t, "umount", "--force", "--timeout", "5s", m.dir); code != 0 {
-		t.Fatalf("umount --force: exit %d %q", code, out)
+	out, code = volfsRun(t, "umount", "--force", "--timeout", "5s", m.dir)
+	if code != 0 || strings.Contains(out, "could not abort") || !strings.Contains(out, "was in use by sh (pid") {
+		t.Fatalf("umount --force: exit %d %q; want the connection aborted and the holder named", code, out)
 	}
 	plainDir(t, m.dir)
 	waitGone(t, pid)
+	// The holder's file now fails instead of waiting for a server.
+	if _, err := io.WriteString(holderIn, "x\n"); err != nil {
+		t.Fatal(err)
+	}
+	holderIn.Close()
+	timer := time.AfterFunc(20*time.Second, func() { _ = holder.Process.Kill() }) // never hang the suite
+	defer timer.Stop()
+	if err := holder.Wait(); err == nil || !strings.Contains(holderOut.String(), "not connected") {
+		t.Errorf("a read of the aborted mount's file: %v %q, want ENOTCONN", err, holderOut.String())
+	}
 	if _, err := os.Stat(filepath.Join("/run/volfs", pidHash(m.dir))); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the pid file of the killed server is left: %v", err)
 	}

@@ -157,6 +157,9 @@ func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, runn
 			return err
 		}
 	}
+	if abortErr != nil {
+		fmt.Fprintf(os.Stderr, "volfs: warning: could not abort the FUSE connection of %s (%v); unmounted with MNT_FORCE\n", mnt, abortErr)
+	}
 	if busy != "" {
 		fmt.Fprintf(os.Stderr, "volfs: %s was in use by %s: detached; they get ENOTCONN\n", mnt, busy)
 	}
@@ -168,20 +171,28 @@ func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, runn
 // on a private directory for the moment.
 func abortConnection(m mountinfo.Mount) error {
 	conn := fmt.Sprint(m.Major<<20 | m.Minor) // the kernel's own dev_t encoding
-	dir := "/sys/fs/fuse/connections"
-	if _, err := os.Stat(filepath.Join(dir, conn)); err != nil {
-		tmp, err := os.MkdirTemp("", "volfs-fusectl-")
-		if err != nil {
-			return err
-		}
-		defer os.Remove(tmp)
-		if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
-			return fmt.Errorf("mount fusectl: %w", err)
-		}
-		defer func() { _ = unix.Unmount(tmp, unix.MNT_DETACH) }()
-		dir = tmp
+	abort := func(dir string) error {
+		return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
 	}
-	return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
+	const dir = "/sys/fs/fuse/connections"
+	if _, err := os.Stat(filepath.Join(dir, conn)); err == nil {
+		return abort(dir)
+	}
+	return withFusectl(abort)
+}
+
+// withFusectl mounts fusectl on a private directory while f runs.
+func withFusectl(f func(dir string) error) error {
+	tmp, err := os.MkdirTemp("", "volfs-fusectl-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
+		return fmt.Errorf("mount fusectl: %w", err)
+	}
+	defer func() { _ = unix.Unmount(tmp, unix.MNT_DETACH) }()
+	return f(tmp)
 }
 
 // kill stops a server that outlived its mount's connection: it is woken
