@@ -100,8 +100,8 @@ func (c *umountCmd) run(mountpoint string) error {
 		return c.kill(mnt, srv, deadline)
 	case !mounted:
 		return fmt.Errorf("%s is not mounted", mnt)
-	case !strings.HasPrefix(m.FSType, "fuse"):
-		return fmt.Errorf("%s is a %s mount, not volfs", mnt, m.FSType)
+	case m.FSType != "fuse.volfs" && m.Source != "volfs":
+		return fmt.Errorf("%s is a %s mount (%s), not volfs: use umount(8)", mnt, m.FSType, m.Source)
 	case c.force:
 		return c.forceUmount(mnt, m, srv, running, deadline)
 	}
