@@ -88,3 +88,13 @@ func (c *mountCmd) claimDevice(id string) error {
 	c.locks = append(c.locks, l)
 	return nil
 }
+
+// releaseLocks lets go of every lock at a clean exit (their files go too);
+// a server that dies loses them all the same, and the next server sweeps
+// the files.
+func (c *mountCmd) releaseLocks() {
+	for _, l := range c.locks {
+		l.Close()
+	}
+	c.locks = nil
+}

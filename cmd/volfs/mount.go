@@ -226,6 +226,7 @@ func (c *mountCmd) serve(mnt, hidden string) (err error) {
 		return err
 	}
 	c.holder = holder
+	defer c.releaseLocks()
 	drv, err := c.driver(ctx, log)
 	if err != nil {
 		return err

@@ -40,10 +40,22 @@ func (e *HeldError) Error() string {
 }
 
 // Lock is one held lock; Close releases it.
-type Lock struct{ f *os.File }
+type Lock struct {
+	f      *os.File
+	path   string
+	shared bool
+}
 
-// Close releases the lock.
-func (l *Lock) Close() error { return l.f.Close() }
+// Close releases the lock and removes its file when no one else holds it.
+// Lock files are only ever removed by a holder of an exclusive lock on
+// them, and Take checks after locking that its file is still the one at
+// the path, so removal never lets two servers hold "one" lock.
+func (l *Lock) Close() error {
+	if !l.shared || unix.Flock(int(l.f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+		os.Remove(l.path)
+	}
+	return l.f.Close()
+}
 
 func path(dir, key string) string {
 	h := sha256.Sum256([]byte(key))
@@ -56,31 +68,72 @@ func Take(dir, key string, shared bool, h Holder) (*Lock, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lock directory %s: %w", dir, err)
 	}
-	f, err := os.OpenFile(path(dir, key), os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", key, err)
-	}
-	how := unix.LOCK_EX
-	if shared {
-		how = unix.LOCK_SH
-	}
-	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-		defer f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			he := &HeldError{Key: key}
-			if k, holder, ok := read(f); ok && k == key && holder.Proc.Running() {
-				he.Holder = holder
-			}
-			return nil, he
+	removeStale(dir)
+	p := path(dir, key)
+	for {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("lock %s: %w", key, err)
 		}
-		return nil, fmt.Errorf("lock %s: %w", key, err)
+		how := unix.LOCK_EX
+		if shared {
+			how = unix.LOCK_SH
+		}
+		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) && !linked(f, p) {
+				f.Close() // a sweeper (removeStale) had it: again
+				continue
+			}
+			defer f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				he := &HeldError{Key: key}
+				if k, holder, ok := read(f); ok && k == key && holder.Proc.Running() {
+					he.Holder = holder
+				}
+				return nil, he
+			}
+			return nil, fmt.Errorf("lock %s: %w", key, err)
+		}
+		if !linked(f, p) { // removed by its last holder meanwhile: again
+			f.Close()
+			continue
+		}
+		// A former exclusive holder's words are stale now: clear them.
+		if err := f.Truncate(0); err == nil && !shared {
+			b := fmt.Sprintf("%s\n%s\n%s\n", key, h.Mount, h.Proc)
+			_, _ = f.WriteAt([]byte(b), 0)
+		}
+		return &Lock{f: f, path: p, shared: shared}, nil
 	}
-	// A former exclusive holder's words are stale now: clear them.
-	if err := f.Truncate(0); err == nil && !shared {
-		b := fmt.Sprintf("%s\n%s\n%s\n", key, h.Mount, h.Proc)
-		_, _ = f.WriteAt([]byte(b), 0)
+}
+
+// linked reports whether f is still the file at p.
+func linked(f *os.File, p string) bool {
+	var a, b unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &a) == nil && unix.Stat(p, &b) == nil && a.Dev == b.Dev && a.Ino == b.Ino
+}
+
+// removeStale removes the lock files of servers that died without
+// releasing them (their locks went with them).
+func removeStale(dir string) {
+	held := flocked()
+	files, _ := filepath.Glob(filepath.Join(dir, "*.lock"))
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &st) == nil && !held[lockID(st)] &&
+			unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil && linked(f, p) {
+			os.Remove(p)
+		}
+		f.Close()
 	}
-	return &Lock{f: f}, nil
+}
+
+func lockID(st unix.Stat_t) string {
+	return fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
 }
 
 func read(f *os.File) (key string, h Holder, ok bool) {
@@ -116,8 +169,7 @@ func Held(dir, prefix string) []Holder {
 		}
 		k, h, ok := read(f)
 		var st unix.Stat_t
-		locked := unix.Fstat(int(f.Fd()), &st) == nil &&
-			held[fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)]
+		locked := unix.Fstat(int(f.Fd()), &st) == nil && held[lockID(st)]
 		f.Close()
 		if ok && locked && strings.HasPrefix(k, prefix) && h.Proc.Running() {
 			out = append(out, h)

@@ -2,6 +2,8 @@ package lock
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -52,4 +54,50 @@ func TestTake(t *testing.T) {
 	}
 	s1.Close()
 	s2.Close()
+}
+
+// Lock files go with their last holder, and those of dead holders are
+// swept; a lock whose file was removed under it is taken again.
+func TestLockFilesRemoved(t *testing.T) {
+	dir := t.TempDir()
+	self, _ := proc.Self()
+	h := Holder{Mount: "/mnt/a", Proc: self}
+	count := func() int {
+		files, _ := filepath.Glob(filepath.Join(dir, "*.lock"))
+		return len(files)
+	}
+	l, err := Take(dir, "device x", false, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, _ := Take(dir, "vg", true, Holder{})
+	s2, _ := Take(dir, "vg", true, Holder{})
+	if n := count(); n != 2 {
+		t.Fatalf("%d lock files, want 2", n)
+	}
+	s1.Close()
+	if n := count(); n != 2 {
+		t.Fatalf("a shared lock's file went while another holder has it: %d files", n)
+	}
+	s2.Close()
+	l.Close()
+	if n := count(); n != 0 {
+		t.Fatalf("%d lock files left after every holder let go", n)
+	}
+	// A dead server's file (no flock on it) is swept by the next Take.
+	if err := os.WriteFile(filepath.Join(dir, "dead.lock"), []byte("x\n/m\n1 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, err = Take(dir, "device y", false, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "dead.lock")); !os.IsNotExist(err) {
+		t.Errorf("a dead holder's lock file survived: %v", err)
+	}
+	// Still held: a second Take is refused, whatever was swept.
+	if _, err := Take(dir, "device y", false, h); err == nil {
+		t.Error("a held lock was taken twice")
+	}
+	l.Close()
 }
