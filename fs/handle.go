@@ -186,11 +186,11 @@ func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
 	if n.root.readOnly {
 		mode = os.O_RDONLY
 	}
-	direct, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	direct, err := n.openDeviceFile(ctx, mode|syscall.O_DIRECT|syscall.O_CLOEXEC)
 	if err != nil {
 		return n.root.toErrno("open", n.name, err)
 	}
-	buffered, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_CLOEXEC)
+	buffered, err := n.openDeviceFile(ctx, mode|syscall.O_CLOEXEC)
 	if err != nil {
 		direct.Close()
 		return n.root.toErrno("open", n.name, err)
