@@ -58,8 +58,13 @@ func Find(dev string, self bool) ([]string, error) {
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, bf := range loops {
 		b, err := os.ReadFile(bf)
+		backing := strings.TrimSpace(string(b))
+		// A loop device over dev has a backing path under /dev (losetup
+		// resolves symlinks). Any other backing file is not stat'ed: it
+		// may live on a FUSE mount whose server hangs (an image of a
+		// volfs mount attached with losetup), and the stat with it.
 		var lst unix.Stat_t
-		if err == nil && unix.Stat(strings.TrimSpace(string(b)), &lst) == nil &&
+		if err == nil && strings.HasPrefix(backing, "/dev/") && unix.Stat(backing, &lst) == nil &&
 			lst.Mode&unix.S_IFMT == unix.S_IFBLK && lst.Rdev == rdev {
 			who = append(who, "backs loop device "+filepath.Base(filepath.Dir(filepath.Dir(bf))))
 		}
