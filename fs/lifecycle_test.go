@@ -450,8 +450,8 @@ func TestFallocate(t *testing.T) {
 			{unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE, 128 * kib, 64 * kib},
 			{unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE, 64*kib + 7, 3 * kib},
 			{unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE, 250 * kib, 100 * kib}, // past the end: kept size
-			{unix.FALLOC_FL_ZERO_RANGE, 256*kib - 100, 1000},                           // grows by 900
-			{0, 0, 256*kib + 5000},                                                     // grows to it
+			{unix.FALLOC_FL_ZERO_RANGE, 256*kib - 100, 1000},                             // grows by 900
+			{0, 0, 256*kib + 5000}, // grows to it
 		} {
 			if err := unix.Fallocate(fd, c.mode, c.off, c.len); err != nil {
 				t.Fatalf("fallocate(%#x, %d, %d): %v", c.mode, c.off, c.len, err)
