@@ -15,9 +15,11 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/volfs/volfs/internal/testutil"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/loopdir"
 )
@@ -577,4 +579,73 @@ func TestNames(t *testing.T) {
 		t.Fatalf("listing %q", got)
 	}
 	m.checkFile(odd, []byte("odd"))
+}
+
+// mv over an open file whose rename then fails: the replaced file, whose
+// volume was already detached, gets its name and volume back, and is not
+// destroyed at its last close.
+func TestRenameOverOpenRollback(t *testing.T) {
+	forEachMount(t, func(t *testing.T, m *testMount) {
+		da, db := pattern(8*kib, 'a'), pattern(12*kib, 'b')
+		m.writeFile("a", da)
+		m.writeFile("b", db)
+		f, err := os.Open(m.path("b"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		m.d.SetFault(func(op loopdir.Op, name string) error {
+			if op == loopdir.OpRename {
+				return volmap.ErrInUse
+			}
+			return nil
+		})
+		if err := os.Rename(m.path("a"), m.path("b")); !errors.Is(err, syscall.EBUSY) {
+			t.Fatalf("mv with a failing rename: %v, want EBUSY", err)
+		}
+		m.d.SetFault(nil)
+		if d := m.d.Detached(); len(d) != 0 {
+			t.Fatalf("detached after the rollback: %v", d)
+		}
+		m.checkFile("a", da)
+		m.checkFile("b", db)
+		f.Close()
+		m.waitClosed("b")
+		m.checkFile("b", db)
+		if _, ok := m.volume("b"); !ok {
+			t.Fatal("the last close destroyed the volume put back")
+		}
+	})
+}
+
+// Attributes and sizes persist across unmount and remount.
+func TestRemount(t *testing.T) {
+	cfg := mountConfig{Config: loopdir.Config{}}
+	cfg.Dir = testutil.ScratchDir(t)
+	m := newTestMount(t, cfg)
+	data := pattern(5000, 10)
+	m.writeFile("p", data)
+	p := m.path("p")
+	mtime := time.Unix(1700000000, 123456789)
+	if err := os.Chmod(p, 0o604); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(p, "user.k", []byte("v\x00"), 0); err != nil {
+		t.Fatal(err)
+	}
+	m.unmount()
+
+	m = newTestMount(t, cfg)
+	st, err := os.Stat(m.path("p"))
+	if err != nil || st.Mode() != 0o604 || !st.ModTime().Equal(mtime) || st.Size() != int64(len(data)) {
+		t.Fatalf("after remount: %v, %v", st, err)
+	}
+	b := make([]byte, 16)
+	if n, err := unix.Getxattr(m.path("p"), "user.k", b); err != nil || string(b[:n]) != "v\x00" {
+		t.Fatalf("xattr after remount: %q, %v", b[:n], err)
+	}
+	m.checkFile("p", data)
 }

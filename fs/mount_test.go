@@ -34,6 +34,9 @@ type testMount struct {
 	d    *loopdir.Driver
 	root *Root
 	log  *syncBuffer
+	// unmount unmounts (once), waits for the server, shuts the root down
+	// and closes the driver; the test's cleanup calls it too.
+	unmount func()
 }
 
 // mountConfig says how to mount.
@@ -71,36 +74,42 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	if cfg.Dir == "" {
 		cfg.Dir = testutil.ScratchDir(t)
 	}
+	mnt := t.TempDir()
 	d, err := loopdir.New(cfg.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
+	closeDriver := func() {
 		if err := d.Close(); err != nil {
 			t.Error(err)
 		}
-	})
+	}
 	var drv volmap.Driver = d
 	if cfg.Zeroer {
 		drv = loopdir.Zeroing{Driver: d}
 	}
-	m := &testMount{t: t, d: d, log: &syncBuffer{}}
+	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	m.dir = t.TempDir()
-	srv, err := Mount(m.dir, m.root, MountOptions{IOUring: cfg.IOUring, Debug: testing.Verbose() && os.Getenv("VOLFS_TEST_FUSE_DEBUG") != ""})
+	srv, err := Mount(m.dir, m.root, MountOptions{IOUring: cfg.IOUring, Debug: testing.Verbose()})
 	if err != nil {
+		closeDriver()
 		t.Fatalf("mount: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := srv.Unmount(); err != nil {
-			t.Errorf("unmount %s: %v", m.dir, err)
-		}
-		srv.Wait()
-		m.root.Shutdown(context.Background())
-		if t.Failed() {
-			t.Logf("server log:\n%s", m.log.String())
-		}
-	})
+	var once sync.Once
+	m.unmount = func() {
+		once.Do(func() {
+			if err := srv.Unmount(); err != nil {
+				t.Errorf("unmount %s: %v", m.dir, err)
+			}
+			srv.Wait()
+			m.root.Shutdown(context.Background())
+			closeDriver()
+			if t.Failed() {
+				t.Logf("server log:\n%s", m.log.String())
+			}
+		})
+	}
+	t.Cleanup(m.unmount)
 	return m
 }
 
@@ -135,6 +144,16 @@ func (m *testMount) waitVolumeSize(name string, size int64) {
 		v, ok := m.volume(name)
 		return ok && v.Size == size
 	})
+}
+
+// waitClosed waits until the server has seen the last close of name.
+func (m *testMount) waitClosed(name string) {
+	m.t.Helper()
+	v, ok := m.volume(name)
+	if !ok {
+		m.t.Fatalf("no volume %q", name)
+	}
+	m.waitFor(name+" closed", func() bool { return m.root.openImage(inoOf(v.Identity())) == nil })
 }
 
 // waitNoDetached waits until no removed-while-open volume is left.
