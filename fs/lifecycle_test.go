@@ -268,6 +268,31 @@ func TestRemoveOpen(t *testing.T) {
 	})
 }
 
+// Without a Detacher, rm of an open file still removes it at once: the
+// volume goes, and the open file's reads and writes fail with ESTALE.
+func TestRemoveOpenNoDetacher(t *testing.T) {
+	m := newTestMount(t, mountConfig{NoDetacher: true})
+	m.writeFile("r", pattern(4*kib, 4))
+	f, err := os.OpenFile(m.path("r"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := os.Remove(m.path("r")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.volume("r"); ok {
+		t.Fatal("rm of an open file left its volume")
+	}
+	b := make([]byte, 4*kib)
+	if _, err := f.ReadAt(b, 0); !errors.Is(err, syscall.ESTALE) {
+		t.Fatalf("read of a removed open file: %v, want ESTALE", err)
+	}
+	if _, err := f.WriteAt(b, 0); !errors.Is(err, syscall.ESTALE) {
+		t.Fatalf("write to a removed open file: %v, want ESTALE", err)
+	}
+}
+
 // rm of a file whose volume another program holds fails with EBUSY and
 // changes nothing.
 func TestRemoveHeldElsewhere(t *testing.T) {

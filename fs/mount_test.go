@@ -47,6 +47,22 @@ type mountConfig struct {
 	Zeroer bool
 	// IOUring serves through FUSE over io_uring where the kernel has it.
 	IOUring bool
+	// NoDetacher hides the Detacher capability: a removed open file
+	// cannot keep its volume.
+	NoDetacher bool
+}
+
+// withoutDetacher is a driver with every capability of loopdir but
+// Detacher (and Zeroer).
+type withoutDetacher struct {
+	volmap.Driver
+	volmap.Creator
+	volmap.Remover
+	volmap.Renamer
+	volmap.Replacer
+	volmap.Resizer
+	volmap.NameChecker
+	volmap.SpaceReporter
 }
 
 // mountConfigs are the variants every lifecycle test runs on: a linear
@@ -87,6 +103,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	var drv volmap.Driver = d
 	if cfg.Zeroer {
 		drv = loopdir.Zeroing{Driver: d}
+	}
+	if cfg.NoDetacher {
+		drv = withoutDetacher{d, d, d, d, d, d, d, d}
 	}
 	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
