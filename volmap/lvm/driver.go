@@ -170,7 +170,6 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
 		}
 	}
-	asidePrefix, _ := volmap.HiddenName(asideLabel)
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
 		if strings.HasPrefix(name, deletedPrefix) && slices.Contains(l.lvs[name].Tags, d.tag) {
@@ -181,13 +180,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 				d.log.Warn("could not remove the LV of a deleted file; remove it with lvremove",
 					slog.String("lv", name), slog.Any("err", err))
 			}
-			continue
 		}
-		if strings.HasPrefix(name, asidePrefix) {
-			d.log.Warn("LV left by an interrupted rename over an existing file: it is either the "+
-				"replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
-				slog.String("lv", name), slog.Any("tags", l.lvs[name].Tags))
-		}
+	}
+	if d.recoverReplaces(ctx, l) {
+		d.invalidate()
 	}
 	return d, nil
 }
