@@ -131,7 +131,7 @@ func TestCrashDuringReplace(t *testing.T) {
 		// An lvm command takes 0.5-1 s in the guest and a replace runs
 		// four (lvchange, two lvrename, lvremove): kill points spread
 		// over the whole of it, and a little after.
-		delay := time.Duration(rand.Int64N(int64(4500 * time.Millisecond)))
+		delay := time.Duration(rand.Int64N(int64(8 * time.Second)))
 		mv := exec.Command("mv", m.path(a), m.path(b))
 		out := &strings.Builder{}
 		mv.Stdout, mv.Stderr = out, out
