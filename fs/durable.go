@@ -5,6 +5,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/volmap"
 )
 
 // flushMetaOnClose makes what close(2) returned survive a crash of the
@@ -39,4 +41,33 @@ func (n *Image) flushMetaOnClose(ctx context.Context) syscall.Errno {
 		}
 	}
 	return n.persistLocked(ctx)
+}
+
+// replaceWhileOpen renames the file src over this file, which volfs has
+// open, when the driver can do it in one crash-safe step
+// (volmap.DetachReplacer): this file's volume is detached and purged at
+// its last close. Detach and then Rename, two steps, would leave the
+// target name empty if the server died between them, and the detached
+// volume would be purged by the next mount. done is false when this
+// path does not apply (no such driver, or the file is not open).
+func (n *Image) replaceWhileOpen(ctx context.Context, src, name string) (done bool, err error) {
+	dr, ok := n.root.drv.(volmap.DetachReplacer)
+	if !ok {
+		return false, nil
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.opens == 0 || n.gone {
+		return false, nil
+	}
+	token, err := dr.ReplaceDetach(ctx, src, name)
+	n.changedLocked()
+	if err != nil {
+		return false, err
+	}
+	if token != "" {
+		n.detached = token
+	}
+	n.gone = true
+	return true, nil
 }

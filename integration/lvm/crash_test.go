@@ -114,8 +114,14 @@ func TestCrashAfterClose(t *testing.T) {
 // next mount, either the old a and b or b with a's bytes and no a; the
 // next mount finishes or undoes the interrupted rename and no hidden LV
 // or intent tag is left.
-func TestCrashDuringReplace(t *testing.T) {
-	iterations := 12
+func TestCrashDuringReplace(t *testing.T) { crashDuringReplace(t, 12, false) }
+
+// The same with b open in volfs (a running VM's disk): the replaced LV is
+// detached instead of removed, and a crash must not let the next mount
+// purge it while b's name is still free.
+func TestCrashDuringReplaceOfOpenFile(t *testing.T) { crashDuringReplace(t, 8, true) }
+
+func crashDuringReplace(t *testing.T, iterations int, open bool) {
 	if s := os.Getenv("VOLFS_CRASH_ITERATIONS"); s != "" {
 		iterations, _ = strconv.Atoi(s)
 	}
@@ -128,6 +134,10 @@ func TestCrashDuringReplace(t *testing.T) {
 		a, b := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
 		sh(t, "cp", srcA, m.path(a))
 		sh(t, "cp", srcB, m.path(b))
+		var h *holder
+		if open {
+			h = hold(t, m.path(b), "")
+		}
 		// An lvm command takes 0.5-1 s in the guest and a replace runs
 		// four (lvchange, two lvrename, lvremove): kill points spread
 		// over the whole of it, and a little after.
@@ -151,6 +161,9 @@ func TestCrashDuringReplace(t *testing.T) {
 		if !mvDone {
 			mvErr = <-done
 		}
+		if h != nil {
+			_ = h.cmd.Process.Kill() // its fd is on the dead mount
+		}
 		m.start()
 
 		names := m.names()
@@ -171,7 +184,7 @@ func TestCrashDuringReplace(t *testing.T) {
 		outcomes[outcome]++
 		lvs, _ := e.lvs()
 		for n, l := range lvs {
-			if strings.Contains(n, "volfs-aside-") {
+			if strings.Contains(n, "volfs-aside-") || strings.Contains(n, "volfs-deleted-") {
 				t.Fatalf("iteration %d (kill after %v): hidden LV %s left after the next mount (tags %v)", i, delay, n, l.Tags)
 			}
 			for _, tag := range l.Tags {

@@ -87,13 +87,14 @@ type Driver struct {
 }
 
 var (
-	_ volmap.Driver        = (*Driver)(nil)
-	_ volmap.Creator       = (*Driver)(nil)
-	_ volmap.Remover       = (*Driver)(nil)
-	_ volmap.Renamer       = (*Driver)(nil)
-	_ volmap.Resizer       = (*Driver)(nil)
-	_ volmap.SpaceReporter = (*Driver)(nil)
-	_ volmap.Detacher      = (*Driver)(nil)
+	_ volmap.Driver         = (*Driver)(nil)
+	_ volmap.Creator        = (*Driver)(nil)
+	_ volmap.Remover        = (*Driver)(nil)
+	_ volmap.Renamer        = (*Driver)(nil)
+	_ volmap.Resizer        = (*Driver)(nil)
+	_ volmap.SpaceReporter  = (*Driver)(nil)
+	_ volmap.Detacher       = (*Driver)(nil)
+	_ volmap.DetachReplacer = (*Driver)(nil)
 )
 
 // listing is one lvs run: every LV of the VG (files or not) by LVM name.
@@ -172,6 +173,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
+		if _, renaming := intentOf(l.lvs[name]); renaming {
+			continue // the target of a rename over an open file (recoverReplaces)
+		}
 		if strings.HasPrefix(name, deletedPrefix) && slices.Contains(l.lvs[name].Tags, d.tag) {
 			// A file removed while open, whose server stopped before
 			// the last close: the removal completes now.

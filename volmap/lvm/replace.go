@@ -96,40 +96,63 @@ func processAlive(pid int) bool {
 // rename took effect). The rename is atomic as rename(2) on ext4 is: after
 // a crash, newName is the old or the new file, never missing.
 func (d *Driver) Replace(ctx context.Context, oldName, newName string) error {
+	_, err := d.replace(ctx, oldName, newName, false)
+	return err
+}
+
+// ReplaceDetach is Replace over a target that this process has open: the
+// target is renamed to a hidden "+2Fvolfs-deleted-…" name (as Detach
+// does) instead of aside, and is not removed: the token is that name, for
+// Purge at the last close. Step 4 removes the intent instead, so that a
+// crash later (the file still open) purges the detached LV whatever
+// became of the name since. It fails with ErrInUse, changing nothing,
+// when a process outside volfs holds the target (it could not be purged).
+func (d *Driver) ReplaceDetach(ctx context.Context, oldName, newName string) (string, error) {
+	return d.replace(ctx, oldName, newName, true)
+}
+
+func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bool) (string, error) {
 	dstLV, err := d.newLVName(newName)
 	if err != nil {
-		return err
+		return "", err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.invalidate()
 	src, err := d.file(ctx, oldName)
 	if err != nil {
-		return err
+		return "", err
 	}
 	l, err := d.listing(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
 	dst, exists := l.lvs[dstLV]
 	if !exists {
-		return d.rename(ctx, src.Name, dstLV)
+		return "", d.rename(ctx, src.Name, dstLV)
 	}
 	if _, ok := d.fileName(dst); !ok {
-		return fmt.Errorf("replace %s: LV %s/%s exists and is not a file of this mount: %w",
+		return "", fmt.Errorf("replace %s: LV %s/%s exists and is not a file of this mount: %w",
 			newName, d.cfg.VG, dstLV, volmap.ErrExists)
 	}
 	if dst.UUID == src.UUID {
-		return nil
+		return "", nil
 	}
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	aside, err := volmap.HiddenName(asideLabel + hex.EncodeToString(rnd[:]))
+	label, rnd := asideLabel, make([]byte, 4)
+	if detach {
+		label, rnd = deletedLabel, make([]byte, 8)
+		if who := otherHolders(d.devPath(dst.Name)); len(who) > 0 {
+			return "", fmt.Errorf("replace %s (%s/%s): the volume is open outside volfs: %s: %w",
+				newName, d.cfg.VG, dst.Name, strings.Join(who, "; "), volmap.ErrInUse)
+		}
+	}
+	_, _ = rand.Read(rnd)
+	aside, err := volmap.HiddenName(label + hex.EncodeToString(rnd))
 	if err == nil {
 		err = volmap.CheckDMName(d.cfg.VG, aside)
 	}
 	if err != nil {
-		return fmt.Errorf("replace %s: temporary name: %w", newName, err)
+		return "", fmt.Errorf("replace %s: temporary name: %w", newName, err)
 	}
 	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
@@ -137,23 +160,32 @@ func (d *Driver) Replace(ctx context.Context, oldName, newName string) error {
 	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), pid: os.Getpid(), target: dst.Name}
 	intent.tag = intent.encode()
 	if _, err := d.lvm.Run(ctx, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
-		return errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
+		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
 			d.dropIntent(undoCtx, dst.Name, intent.tag))
 	}
 	if err := d.rename(ctx, dst.Name, aside); err != nil {
-		return errors.Join(fmt.Errorf("replace %s: move target aside: %w", newName, err),
+		return "", errors.Join(fmt.Errorf("replace %s: move target aside: %w", newName, err),
 			d.dropIntent(undoCtx, dst.Name, intent.tag))
 	}
 	if err := d.rename(ctx, src.Name, dst.Name); err != nil {
-		return errors.Join(fmt.Errorf("replace %s: %w", newName, err),
+		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
 			d.undoStep(undoCtx, aside, dst.Name), d.dropIntent(undoCtx, dst.Name, intent.tag))
 	}
+	if detach {
+		// The rename took effect; the detached LV must no longer
+		// look like the target of an unfinished one.
+		if _, err := d.lvm.Run(ctx, "lvchange", "--deltag", intent.tag, d.cfg.VG+"/"+aside); err != nil {
+			d.log.Warn("could not remove the record of a finished rename from the replaced LV; it is removed "+
+				"with the LV at its last close", slog.String("lv", aside), slog.Any("err", err))
+		}
+		return aside, nil
+	}
 	if err := d.remove(ctx, newName+" (replaced)", aside); err != nil {
-		return errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
+		return "", errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
 			d.undoStep(undoCtx, dst.Name, src.Name), d.undoStep(undoCtx, aside, dst.Name),
 			d.dropIntent(undoCtx, dst.Name, intent.tag))
 	}
-	return nil
+	return "", nil
 }
 
 // undoStep renames back during a rollback, logging what it cannot undo.
@@ -202,10 +234,11 @@ func (a recoveryAction) String() string {
 // boot ID; alive tells whether a pid of this boot runs.
 func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(int) bool) (recoveryAction, replaceIntent) {
 	asidePrefix, _ := volmap.HiddenName(asideLabel)
-	isAside := strings.HasPrefix(lv.Name, asidePrefix)
+	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
+	isAside := strings.HasPrefix(lv.Name, asidePrefix) || strings.HasPrefix(lv.Name, deletedPrefix)
 	ri, ok := intentOf(lv)
 	switch {
-	case !ok && isAside:
+	case !ok && strings.HasPrefix(lv.Name, asidePrefix):
 		return recoverUnknown, ri
 	case !ok:
 		return recoverNone, ri

@@ -46,6 +46,9 @@ func TestPlanRecovery(t *testing.T) {
 		{"the replacing server still runs", vg(src, tagged(dst, aside, tag)), aside, boot, alive, recoverWait},
 		{"same pid after a reboot: not the same process", vg(src, tagged(dst, aside, tag)), aside, "other-boot", alive, recoverUndo},
 		{"name b taken by another LV since", vg(src, LV{Name: "b", UUID: "OTHER"}, tagged(dst, aside, tag)), aside, boot, dead, recoverStuck},
+		{"open target detached, a not renamed", vg(src, tagged(dst, "+2Fvolfs-deleted-0011223344556677", tag)), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverUndo},
+		{"open target detached, a took the name", vg(tagged(src, "b"), tagged(dst, "+2Fvolfs-deleted-0011223344556677", tag)), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverFinish},
+		{"file removed while open: purged, not a rename", vg(src, tagged(dst, "+2Fvolfs-deleted-0011223344556677")), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverNone},
 		{"aside LV of an older volfs, no intent", vg(src, tagged(dst, aside)), aside, boot, dead, recoverUnknown},
 		{"malformed intent is no intent", vg(src, tagged(dst, "b", "volfs-replace=x")), "b", boot, dead, recoverNone},
 	} {
