@@ -129,6 +129,13 @@ func crashDuringReplace(t *testing.T, iterations int, open bool) {
 	m := e.mount()
 	srcA, srcB := e.file("A", mib+11, 1), e.file("B", 2*mib+22, 2)
 	shaA, shaB := sha(t, srcA), sha(t, srcB)
+	// One rename over an existing file without a crash: how long the
+	// kill window is.
+	sh(t, "cp", srcA, m.path("x"))
+	sh(t, "cp", srcB, m.path("y"))
+	start := time.Now()
+	sh(t, "mv", m.path("x"), m.path("y"))
+	t.Logf("mv over an existing file took %v", time.Since(start).Round(time.Millisecond))
 	outcomes := map[string]int{}
 	for i := range iterations {
 		a, b := fmt.Sprintf("a%d", i), fmt.Sprintf("b%d", i)
