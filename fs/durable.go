@@ -2,7 +2,10 @@ package fs
 
 import (
 	"context"
+	"log/slog"
+	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -70,4 +73,81 @@ func (n *Image) replaceWhileOpen(ctx context.Context, src, name string) (done bo
 	}
 	n.gone = true
 	return true, nil
+}
+
+// commitInterval is how often the size of a file that stays open while it
+// grows is persisted (ext4 commits its journal every 5 s): a crash loses
+// at most that much of a size that no fsync or close recorded.
+const commitInterval = 5 * time.Second
+
+// committer persists, every commitInterval, the changed sizes of open
+// files. Only sizes: the mtime of writes waits for fsync, close and
+// unmount (a tag change per interval of every busy image would rewrite
+// the VG metadata for nothing a crash needs).
+type committer struct {
+	once sync.Once
+	stop chan struct{}
+	done chan struct{}
+}
+
+// startCommitter runs the committer until stopCommitter.
+func (r *Root) startCommitter() {
+	if r.readOnly {
+		return
+	}
+	r.commit.once.Do(func() {
+		r.commit.stop, r.commit.done = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(r.commit.done)
+			t := time.NewTicker(commitInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-r.commit.stop:
+					return
+				case <-t.C:
+					r.commitSizes()
+				}
+			}
+		}()
+	})
+}
+
+// stopCommitter stops the committer and waits for it.
+func (r *Root) stopCommitter() {
+	if r.commit.stop == nil {
+		return
+	}
+	select {
+	case <-r.commit.stop:
+	default:
+		close(r.commit.stop)
+	}
+	<-r.commit.done
+}
+
+// commitSizes persists the changed size of every open file.
+func (r *Root) commitSizes() {
+	r.open.Range(func(_, v any) bool {
+		n, _ := v.(*Image)
+		if n == nil {
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.gone || n.pending || !n.sizeChangedLocked() {
+			return true
+		}
+		if d := n.dev.Load(); d != nil {
+			if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+				r.log.Warn("periodic flush of a growing file failed; its size is recorded at fsync or close",
+					slog.String("volume", n.name), slog.Any("err", err))
+				return true
+			}
+		}
+		n.persistLocked(ctx)
+		return true
+	})
 }

@@ -52,6 +52,9 @@ type Root struct {
 	// go-fuse. A nil value marks a number two images claimed at once:
 	// their requests take go-fuse's path.
 	open sync.Map
+
+	// commit persists the sizes of growing open files (durable.go).
+	commit committer
 }
 
 func (r *Root) registerOpen(n *Image) {
