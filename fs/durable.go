@@ -68,9 +68,12 @@ func (n *Image) replaceWhileOpen(ctx context.Context, src, name string) (done bo
 	if err != nil {
 		return false, err
 	}
-	if token != "" {
-		n.detached = token
+	if token == "" {
+		// The driver found no volume to replace (renamed by another
+		// tool meanwhile): a plain rename, this file keeps its volume.
+		return true, nil
 	}
+	n.detached = token
 	n.gone = true
 	return true, nil
 }
