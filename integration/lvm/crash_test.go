@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -210,33 +211,47 @@ func crashDuringReplace(t *testing.T, iterations int, open bool) {
 
 // A file that grows and stays open (no fsync, no close) has its size
 // recorded within the commit interval (5 s, as ext4's journal): after a
-// SIGKILL the bytes written before it are there.
+// SIGKILL the bytes written before it are there. The writer is a process
+// that never forks: a fork's close-on-exec of the fd would be a FLUSH,
+// which records the size too.
 func TestCrashWhileOpen(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("needs python3 for a writer that keeps the file open without forking")
+	}
 	e := newVG(t)
 	m := e.mount()
 	src := e.file("src", 3*mib+777, 3)
-	data, err := os.ReadFile(src)
+	writer := exec.Command(py, "-c", `import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+data = open(sys.argv[2], "rb").read()
+while data:
+    data = data[os.write(fd, data):]
+print("written", flush=True)
+time.sleep(600)`, m.path("growing"), src)
+	stdout, err := writer.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.OpenFile(m.path("growing"), os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
+	writer.Stderr = os.Stderr
+	if err := writer.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() { _ = writer.Process.Kill(); _ = writer.Wait() })
+	line := make([]byte, 8)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "written\n" {
+		t.Fatalf("writer: %q, %v", line, err)
 	}
-	want := strconv.Itoa(len(data))
+	want := strconv.FormatInt(size(t, src), 10)
 	e.waitLV("growing", "size recorded while open", func(l lv) bool {
 		v, ok := l.tag("volfs.size")
 		return ok && v == want
 	})
 	m.crash()
-	f.Close() // on the dead mount
+	_ = writer.Process.Kill()
 	m.start()
-	if got := size(t, m.path("growing")); got != int64(len(data)) {
-		t.Fatalf("size %d after the crash, want %d", got, len(data))
+	if got := size(t, m.path("growing")); got != size(t, src) {
+		t.Fatalf("size %d after the crash, want %d", got, size(t, src))
 	}
 	sameData(t, m.path("growing"), src)
 }
