@@ -243,8 +243,11 @@ time.sleep(600)`, m.path("growing"), src)
 		t.Fatalf("writer: %q, %v", line, err)
 	}
 	want := strconv.FormatInt(size(t, src), 10)
-	e.waitLV("growing", "size recorded while open", func(l lv) bool {
-		v, ok := l.tag("volfs.size")
+	// Within an interval plus an lvchange; the guest's lvm commands are
+	// slow when other guests share the host's cores.
+	waitFor(t, "size recorded while open", 45*time.Second, func() bool {
+		lvs, _ := e.lvs()
+		v, ok := lvs["growing"].tag("volfs.size")
 		return ok && v == want
 	})
 	m.crash()
