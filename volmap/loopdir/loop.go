@@ -2,9 +2,9 @@ package loopdir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 
@@ -13,21 +13,56 @@ import (
 	"github.com/volfs/volfs/volmap"
 )
 
-// attach attaches a loop device to the image at path.
+// attach attaches a loop device to the image at path with ioctls
+// (LOOP_CTL_GET_FREE, LOOP_CONFIGURE), not losetup: the driver runs inside
+// the in-process test servers, and a fork while an image's lock is held
+// deadlocks when the test process holds a file of the mount open (the
+// child's exec closes it, and that FLUSH needs the same lock).
 func attach(path string, blockSize int) (string, error) {
-	args := []string{"--find", "--show", "--sector-size", strconv.Itoa(blockSize), path}
-	out, err := exec.Command("losetup", args...).CombinedOutput()
+	img, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("losetup %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return "", err
 	}
-	return strings.TrimSpace(string(out)), nil
+	defer img.Close()
+	ctl, err := os.OpenFile("/dev/loop-control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer ctl.Close()
+	for attempt := 0; ; attempt++ {
+		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
+		if err != nil {
+			return "", fmt.Errorf("LOOP_CTL_GET_FREE for %s: %w", path, err)
+		}
+		dev := "/dev/loop" + strconv.Itoa(n)
+		f, err := os.OpenFile(dev, os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return "", fmt.Errorf("attach %s: %w", path, err)
+		}
+		cfg := unix.LoopConfig{Fd: uint32(img.Fd()), Size: uint32(blockSize)}
+		copy(cfg.Info.File_name[:], path)
+		err = unix.IoctlLoopConfigure(int(f.Fd()), &cfg)
+		f.Close()
+		if err == nil {
+			return dev, nil
+		}
+		// Another process took the free device between the two calls.
+		if !errors.Is(err, unix.EBUSY) || attempt >= 10 {
+			return "", fmt.Errorf("LOOP_CONFIGURE %s over %s: %w", dev, path, err)
+		}
+	}
 }
 
 // detachLoop detaches a loop device (the kernel does it at its last close
-// when it is still open).
+// when it is still open), as losetup -d does.
 func detachLoop(dev string) error {
-	if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-		return fmt.Errorf("losetup -d %s: %w: %s", dev, err, strings.TrimSpace(string(out)))
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", dev, err)
+	}
+	defer f.Close()
+	if err := unix.IoctlSetInt(int(f.Fd()), unix.LOOP_CLR_FD, 0); err != nil {
+		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
 	}
 	return nil
 }
