@@ -618,7 +618,7 @@ func (q *ringQueue) startDirect(i int) bool {
 	switch h.Opcode {
 	case opFsync:
 		// fuse_fsync_in: fh, fsync_flags.
-		if *(*uint32)(unsafe.Pointer(&e.hdr[ringOpInOff+8]))&fsyncDataOnly == 0 {
+		if *(*uint32)(unsafe.Pointer(&e.hdr[ringOpInOff+8]))&fsyncDataOnly == 0 || !n.ringMaySync() {
 			return false
 		}
 		op = uring.OpFsync
@@ -651,9 +651,10 @@ func (q *ringQueue) startDirect(i int) bool {
 	s.Opcode = op
 	s.Fd = d.fd
 	if op == uring.OpFsync {
-		// The direct fd flushes the whole block device, as the buffered
-		// one does in the handle's Fsync: its dirty page cache, then the
-		// device's write cache.
+		// The fd the handle's Fsync flushes: its dirty page cache, then
+		// the device's write cache. The kernel reports a write-back
+		// error once per fd, and volfs reports it to each handle (errSeq).
+		s.Fd = d.syncFd
 		s.OpFlags = uring.FsyncDatasync
 	} else {
 		s.Addr = uint64(uintptr(unsafe.Pointer(&e.payload[0])))
@@ -675,6 +676,11 @@ func (q *ringQueue) directDone(i int, res int32) {
 	img := e.img
 	e.dev, e.img = nil, nil
 	if res < 0 {
+		if e.in().Opcode == opFsync {
+			// The kernel told this fd once; the handle's redo would
+			// flush cleanly, so the error is recorded first.
+			img.wbErr.set(syscall.Errno(-res))
+		}
 		// Let the handle's code redo it: it maps and logs the error
 		// as every other request's.
 		go q.serve(i)
@@ -684,6 +690,9 @@ func (q *ringQueue) directDone(i int, res int32) {
 	switch e.in().Opcode {
 	case opRead:
 		n = int(res)
+		if a := e.args(); uint32(n) < a.Size && int64(a.Offset)+int64(n) < img.size.Load() {
+			img.shortRead() // the device may have shrunk
+		}
 	case opWrite:
 		img.wtime.Store(now.UnixNano())
 		img.written.Store(true)
@@ -693,7 +702,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 		// fdatasync persists the size too if it changed (Fsync): then,
 		// or if the image is busy, the handle's code does the rest (the
 		// device is clean by now, its flush is cheap).
-		if !img.mu.TryLock() {
+		if !img.ringMaySync() || !img.mu.TryLock() {
 			go q.serve(i)
 			return
 		}
