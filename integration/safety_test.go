@@ -167,6 +167,7 @@ func TestWritebackErrorOnClose(t *testing.T) {
 // EINVAL, and writes and fsyncs keep working (touch -d 10000-01-02 made
 // every later fsync of the file fail with EIO).
 func TestOutOfRangeTime(t *testing.T) {
+	testutil.Need(t, "setpriv", "touch")
 	m, dev := setup(t, 16<<20)
 	p := m.path(dev)
 	if err := os.Chown(p, 65534, 65534); err != nil {
@@ -267,6 +268,7 @@ func TestZeroRangePastEndChangesNothing(t *testing.T) {
 // own answer to each write).
 func TestReadOnlyDevice(t *testing.T) {
 	testutil.RequireRoot(t)
+	testutil.Need(t, "blockdev", "dd")
 	rw := testutil.NewLoop(t, 16<<20)
 	b, err := os.CreateTemp("/dev/shm", testutil.ScratchPrefix+"ro-*.img")
 	if err != nil {
@@ -307,6 +309,7 @@ func TestReadOnlyDevice(t *testing.T) {
 // says and as the kernel does for a file system without them (volfs
 // answered ENOTSUP).
 func TestOnlyImageFiles(t *testing.T) {
+	testutil.Need(t, "mkdir", "ln", "mknod")
 	m, dev := setup(t, 16<<20)
 	p := m.path(dev)
 	in := func(name string) string { return filepath.Join(m.dir, name) }
