@@ -30,10 +30,12 @@ type device struct {
 	// reports each write-back error to volfs exactly once (see errSeq).
 	syncFd int32
 	bs     int64 // logical block size: the O_DIRECT unit
-	// refs is 1 for the image that holds the device plus one per ring
-	// operation in flight on fd (os.File guards only its own calls): the
-	// descriptors close when the last goes, so a number still in a
-	// submitted operation is never reused for another device.
+	// refs is 1 for the image that holds the device plus one per
+	// operation in flight on its descriptors (ring operations, and every
+	// raw-fd syscall through Image.acquireDevice; os.File guards only its
+	// own calls): the descriptors close when the last goes, so a number
+	// still in a submitted operation or a syscall is never reused for
+	// another device.
 	refs atomic.Int64
 }
 
