@@ -24,10 +24,11 @@ func (n *Image) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn u
 		return 0, 0
 	}
 	length = min(length, size-offIn, 1<<30) // the reply counts in uint32; cp loops
-	src := hin.node.dev.Load()
+	src := hin.node.acquireDevice()
 	if src == nil {
 		return 0, hin.node.staleErrno()
 	}
+	defer src.release()
 	buf := getBuf(maxIO)
 	defer putBuf(buf)
 	var done uint64

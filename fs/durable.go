@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"log/slog"
 	"sync"
 	"syscall"
 	"time"
@@ -23,7 +22,7 @@ import (
 // every close of an inherited fd: an unchanged file costs a lock.
 // Trimming the growth step (an lvreduce) stays at the last close, and
 // mtime from writes is persisted then too (and by fsync and unmount).
-func (n *Image) flushMetaOnClose(ctx context.Context) syscall.Errno {
+func (n *Image) flushMetaOnClose(ctx context.Context, h *handle) syscall.Errno {
 	if n.root.readOnly {
 		return 0
 	}
@@ -38,10 +37,9 @@ func (n *Image) flushMetaOnClose(ctx context.Context) syscall.Errno {
 	case !n.sizeChangedLocked():
 		return 0
 	}
-	if d := n.dev.Load(); d != nil {
-		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
-			return n.root.toErrno("flush on close", n.name, err)
-		}
+	// Lock order: mu before syncMu (syncDevice), as at the last close.
+	if errno := h.syncDevice("flush on close", unix.Fdatasync, false); errno != 0 {
+		return errno
 	}
 	return n.persistLocked(ctx)
 }
@@ -143,12 +141,20 @@ func (r *Root) commitSizes() {
 		if n.gone || n.pending || !n.sizeChangedLocked() {
 			return true
 		}
-		if d := n.dev.Load(); d != nil {
-			if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
-				r.log.Warn("periodic flush of a growing file failed; its size is recorded at fsync or close",
-					slog.String("volume", n.name), slog.Any("err", err))
-				return true
-			}
+		// Lock order: mu before syncMu. The error is recorded for the
+		// open files' fsync and close (errSeq), never swallowed here.
+		n.syncMu.Lock()
+		var err error
+		if d := n.acquireDevice(); d != nil {
+			err = unix.Fdatasync(int(d.buffered.Fd()))
+			d.release()
+		}
+		if err != nil {
+			n.wbErr.set(r.toErrno("periodic flush", n.name, err))
+		}
+		n.syncMu.Unlock()
+		if err != nil {
+			return true
 		}
 		n.persistLocked(ctx)
 		return true

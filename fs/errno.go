@@ -9,6 +9,20 @@ import (
 	"github.com/volfs/volfs/volmap"
 )
 
+// Names of the operations whose device errors need their own mapping.
+const (
+	opNameWrite     = "write"
+	opNameZeroRange = "zero range"
+	opNamePunchHole = "punch hole"
+)
+
+// zeroOps may answer EOPNOTSUPP: fallocate's callers (qemu, fio) then zero
+// by writing, as they do on a file system that cannot.
+var zeroOps = map[string]bool{opNameZeroRange: true, opNamePunchHole: true}
+
+// writeOps change the device's bytes.
+var writeOps = map[string]bool{opNameWrite: true, opNameZeroRange: true, opNamePunchHole: true}
+
 // toErrno is the one place where errors become errno. It never answers
 // ENOSYS (the kernel would stop sending that operation for the rest of the
 // mount) and logs every error it turns into EIO, with what failed and on
@@ -40,8 +54,16 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 	case errors.Is(err, context.Canceled):
 		e = syscall.EINTR
 	case errors.As(err, &e):
-		if e == syscall.ENOSYS || e == syscall.ENOTSUP && op != "fallocate" {
+		switch {
+		case e == syscall.ENOSYS:
 			e = syscall.EIO
+		case e == syscall.EOPNOTSUPP && !zeroOps[op]:
+			e = syscall.EIO
+		case e == syscall.EPERM && writeOps[op]:
+			// The kernel refuses writes to a read-only block device
+			// (losetup -r, blockdev --setro) with EPERM; on a file that
+			// is EROFS, as on a read-only medium.
+			e = syscall.EROFS
 		}
 	default:
 		e = syscall.EIO

@@ -13,25 +13,38 @@ import (
 
 func TestToErrno(t *testing.T) {
 	r := &Root{log: slog.New(slog.DiscardHandler)}
+	dev := func(op string, e syscall.Errno) error { return &os.PathError{Op: op, Path: "/dev/x", Err: e} }
 	for _, c := range []struct {
+		op   string
 		err  error
 		want syscall.Errno
 	}{
-		{nil, 0},
-		{fmt.Errorf("lvcreate vg0/x: %w", volmap.ErrNoSpace), syscall.ENOSPC},
-		{fmt.Errorf("x: %w", volmap.ErrNotFound), syscall.ENOENT},
-		{fmt.Errorf("x: %w", volmap.ErrExists), syscall.EEXIST},
-		{fmt.Errorf("x: %w", volmap.ErrInUse), syscall.EBUSY},
-		{fmt.Errorf("x: %w", volmap.ErrInvalidName), syscall.EINVAL},
-		{fmt.Errorf("x: %w", volmap.ErrNameTooLong), syscall.ENAMETOOLONG},
-		{fmt.Errorf("x: %w", volmap.ErrNotSupported), syscall.EPERM},
-		{fmt.Errorf("x: %w", volmap.ErrReadOnly), syscall.EROFS},
-		{&os.PathError{Op: "write", Path: "/dev/x", Err: syscall.ENOSPC}, syscall.ENOSPC},
-		{&os.PathError{Op: "read", Path: "/dev/x", Err: syscall.ENOSYS}, syscall.EIO}, // never ENOSYS
-		{errors.New("something odd"), syscall.EIO},
+		{"op", nil, 0},
+		{"op", fmt.Errorf("lvcreate vg0/x: %w", volmap.ErrNoSpace), syscall.ENOSPC},
+		{"op", fmt.Errorf("x: %w", volmap.ErrNotFound), syscall.ENOENT},
+		{"op", fmt.Errorf("x: %w", volmap.ErrExists), syscall.EEXIST},
+		{"op", fmt.Errorf("x: %w", volmap.ErrInUse), syscall.EBUSY},
+		{"op", fmt.Errorf("x: %w", volmap.ErrInvalidName), syscall.EINVAL},
+		{"op", fmt.Errorf("x: %w", volmap.ErrNameTooLong), syscall.ENAMETOOLONG},
+		{"op", fmt.Errorf("x: %w", volmap.ErrNotSupported), syscall.EPERM},
+		{"op", fmt.Errorf("x: %w", volmap.ErrReadOnly), syscall.EROFS},
+		{"op", dev("write", syscall.ENOSPC), syscall.ENOSPC},
+		{"read", dev("read", syscall.ENOSYS), syscall.EIO}, // never ENOSYS
+		{opNameZeroRange, dev("fallocate", syscall.ENOSYS), syscall.EIO},
+		{"op", errors.New("something odd"), syscall.EIO},
+		// fallocate's callers fall back to writing zeros on EOPNOTSUPP;
+		// any other operation has no such answer.
+		{opNameZeroRange, dev("fallocate", syscall.EOPNOTSUPP), syscall.EOPNOTSUPP},
+		{opNamePunchHole, fmt.Errorf("discard: %w", syscall.EOPNOTSUPP), syscall.EOPNOTSUPP},
+		{"read", dev("read", syscall.EOPNOTSUPP), syscall.EIO},
+		{"resize", fmt.Errorf("x: %w", syscall.EOPNOTSUPP), syscall.EIO},
+		// A read-only device refuses writes with EPERM: EROFS for a file.
+		{opNameWrite, dev("write", syscall.EPERM), syscall.EROFS},
+		{opNameZeroRange, dev("fallocate", syscall.EPERM), syscall.EROFS},
+		{"open", dev("open", syscall.EPERM), syscall.EPERM},
 	} {
-		if got := r.toErrno("op", "vol", c.err); got != c.want {
-			t.Errorf("toErrno(%v) = %v, want %v", c.err, got, c.want)
+		if got := r.toErrno(c.op, "vol", c.err); got != c.want {
+			t.Errorf("toErrno(%q, %v) = %v, want %v", c.op, c.err, got, c.want)
 		}
 	}
 }

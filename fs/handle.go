@@ -25,21 +25,29 @@ type device struct {
 	direct   *os.File
 	buffered *os.File
 	fd       int32 // direct's descriptor, for device I/O on the io_uring queues
-	bs       int64 // logical block size: the O_DIRECT unit
-	// refs is 1 for the image that holds the device plus one per ring
-	// operation in flight on fd (os.File guards only its own calls): the
-	// descriptors close when the last goes, so a number still in a
-	// submitted operation is never reused for another device.
+	// syncFd is buffered's descriptor: every flush of the device goes
+	// through it (handle.syncDevice, the io_uring queues), so the kernel
+	// reports each write-back error to volfs exactly once (see errSeq).
+	syncFd int32
+	bs     int64 // logical block size: the O_DIRECT unit
+	// refs is 1 for the image that holds the device plus one per
+	// operation in flight on its descriptors (ring operations, and every
+	// raw-fd syscall through Image.acquireDevice; os.File guards only its
+	// own calls): the descriptors close when the last goes, so a number
+	// still in a submitted operation or a syscall is never reused for
+	// another device.
 	refs atomic.Int64
 }
 
 func newDevice(direct, buffered *os.File, bs int64) *device {
-	d := &device{direct: direct, buffered: buffered, fd: int32(direct.Fd()), bs: bs}
+	d := &device{direct: direct, buffered: buffered, fd: int32(direct.Fd()), syncFd: int32(buffered.Fd()), bs: bs}
 	d.refs.Store(1)
 	return d
 }
 
-// acquire takes a reference for a ring operation; false once closed.
+// acquire takes a reference for an operation on the descriptors (a ring
+// operation, or any syscall on a raw fd: see Image.acquireDevice); false
+// once closed.
 func (d *device) acquire() bool {
 	for {
 		r := d.refs.Load()
@@ -61,6 +69,36 @@ func (d *device) release() {
 
 // close drops the image's reference.
 func (d *device) close() { d.release() }
+
+// readOnly reports whether the kernel refuses writes to the device
+// (losetup -r, blockdev --setro).
+func (d *device) readOnly() bool {
+	ro, err := unix.IoctlGetInt(int(d.direct.Fd()), unix.BLKROGET)
+	return err == nil && ro != 0
+}
+
+// acquireDevice returns the open device with a reference held, or nil if
+// the file has none. Every use of a device's descriptors goes through it
+// (as go-fuse's withFd and gocryptfs's fdLock guard theirs): until the
+// caller's release, the descriptors stay open, so a number in a syscall is
+// never one the kernel has meanwhile given to another device (a zeroing
+// fallocate racing with a close would otherwise zero another volume).
+func (n *Image) acquireDevice() *device {
+	for {
+		d := n.dev.Load()
+		if d == nil {
+			return nil
+		}
+		if d.acquire() {
+			return d
+		}
+		// Closed between the load and the acquire: a reopen may have
+		// stored a new one.
+		if n.dev.Load() == d {
+			return nil
+		}
+	}
+}
 
 func (d *device) aligned(off int64, n int) bool {
 	return off%d.bs == 0 && int64(n)%d.bs == 0
@@ -123,7 +161,11 @@ func fullReadAt(f *os.File, p []byte, off int64) (int, error) {
 
 // handle is one open file.
 type handle struct {
-	node *Image
+	node  *Image
+	write bool // opened for writing
+	// wbSince is the last write-back error this handle saw (errSeq),
+	// guarded by node.syncMu.
+	wbSince uint64
 }
 
 var (
@@ -167,18 +209,45 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 		return nil, 0, syscall.ENOENT
 	}
 	n.opens++
+	n.single.Store(n.opens == 1)
 	if n.opens == 1 {
 		n.root.registerOpen(n)
 	}
 	if !n.pending && n.dev.Load() == nil {
 		if errno := n.openDeviceLocked(ctx); errno != 0 {
-			if n.opens--; n.opens == 0 {
-				n.root.unregisterOpen(n)
-			}
+			n.undoOpenLocked()
 			return nil, 0, errno
 		}
 	}
-	return &handle{node: n}, openFlags, 0
+	if write {
+		if d := n.acquireDevice(); d != nil {
+			ro := d.readOnly()
+			d.release()
+			if ro {
+				// A file on a read-only medium refuses to open for
+				// writing; the device itself would take the open and
+				// fail each write with EPERM.
+				n.root.log.Warn("open for writing refused: the device is read-only",
+					slog.String("volume", n.name))
+				n.undoOpenLocked()
+				return nil, 0, syscall.EROFS
+			}
+		}
+	}
+	return &handle{node: n, write: write, wbSince: n.wbErr.sample()}, openFlags, 0
+}
+
+// undoOpenLocked takes back the count of an open that failed.
+func (n *Image) undoOpenLocked() {
+	n.opens--
+	n.single.Store(n.opens == 1)
+	if n.opens > 0 {
+		return
+	}
+	n.root.unregisterOpen(n)
+	if d := n.dev.Swap(nil); d != nil {
+		d.close()
+	}
 }
 
 func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
@@ -215,13 +284,18 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if int64(len(dest)) > size-off {
 		dest = dest[:size-off]
 	}
-	d := n.dev.Load()
+	d := n.acquireDevice()
 	if d == nil {
 		return nil, n.staleErrno()
 	}
+	defer d.release()
 	k, err := d.readAt(dest, off)
 	if err != nil {
 		return nil, n.root.toErrno("read", n.name, err)
+	}
+	if k < len(dest) {
+		// Short inside the file: the device shrank under it.
+		n.followDevice()
 	}
 	return fuse.ReadResultData(dest[:k]), 0
 }
@@ -230,6 +304,10 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 func (n *Image) staleErrno() syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.staleErrnoLocked()
+}
+
+func (n *Image) staleErrnoLocked() syscall.Errno {
 	if n.gone {
 		return syscall.ESTALE
 	}
@@ -243,15 +321,16 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	if end > n.size.Load() {
 		return n.extendingWrite(ctx, data, off)
 	}
-	d := n.dev.Load()
+	d := n.acquireDevice()
 	if d == nil {
 		return 0, n.staleErrno()
 	}
+	defer d.release()
 	k, err := d.writeAt(data, off)
 	n.wtime.Store(time.Now().UnixNano())
 	n.written.Store(true)
 	if err != nil {
-		return uint32(k), n.root.toErrno("write", n.name, err)
+		return uint32(k), n.root.toErrno(opNameWrite, n.name, err)
 	}
 	return uint32(k), 0
 }
@@ -280,10 +359,11 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 			return 0, errno
 		}
 	}
-	d := n.dev.Load()
+	d := n.acquireDevice()
 	if d == nil {
-		return 0, n.staleErrno()
+		return 0, n.staleErrnoLocked()
 	}
+	defer d.release()
 	if off > cur {
 		if errno := n.zeroFile(ctx, d.direct, cur, off-cur); errno != 0 {
 			return 0, errno
@@ -296,7 +376,7 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 	n.wtime.Store(time.Now().UnixNano())
 	n.written.Store(true)
 	if err != nil {
-		return uint32(k), n.root.toErrno("write", n.name, err)
+		return uint32(k), n.root.toErrno(opNameWrite, n.name, err)
 	}
 	return uint32(k), 0
 }
@@ -311,29 +391,70 @@ func growTarget(devSize, end int64) int64 {
 }
 
 // Flush is close(2) (and also every close of an inherited copy of the fd
-// in a forked child): the file's volume and size become durable (see
-// flushMetaOnClose); mtime and trimming wait for fsync or release.
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.node.flushMetaOnClose(ctx) }
+// in a forked child): FLUSH's reply is close(2)'s return value. It writes
+// out the device's dirty pages so close reports their write-back errors,
+// and makes the file's volume and size durable (see flushMetaOnClose);
+// mtime and trimming wait for fsync or release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno {
+	errno := h.flushPages()
+	if e := h.node.flushMetaOnClose(ctx, h); errno == 0 {
+		errno = e
+	}
+	return errno
+}
 
-// Fsync flushes the device's cache and persists changed attributes.
-func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+// flushPages writes out the device's dirty pages (the bytes of unaligned
+// writes, which take the buffered fd) and waits for them, so that close(2)
+// returns their write-back errors: FLUSH's reply is close's return value.
+// It does not flush the device's cache (close promises no durability), and
+// handles opened read-only skip it (as NFS's close does).
+func (h *handle) flushPages() syscall.Errno {
+	if !h.write {
+		return 0
+	}
+	const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+	return h.syncDevice("flush", func(fd int) error { return unix.SyncFileRange(fd, 0, 0, all) }, false)
+}
+
+// syncDevice runs sync (a flush of the device) on the buffered fd, records
+// the write-back error it returns, and reports to h the errors it has not
+// seen yet (errSeq); seen says whether the report counts as seen for files
+// opened later (fsync) or not (close). Syncs of one image are serialized,
+// so an error another handle's sync took from the kernel is recorded
+// before this one looks.
+func (h *handle) syncDevice(op string, sync func(fd int) error, seen bool) syscall.Errno {
 	n := h.node
-	if d := n.dev.Load(); d != nil {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if d := n.acquireDevice(); d != nil {
 		// Either fd flushes the whole block device: its dirty page cache
-		// and then the device's write cache.
-		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
-			return n.root.toErrno("fsync", n.name, err)
+		// (and for fdatasync the device's write cache).
+		err := sync(int(d.buffered.Fd()))
+		d.release()
+		if err != nil {
+			n.wbErr.set(n.root.toErrno(op, n.name, err))
 		}
 	}
+	return n.wbErr.check(&h.wbSince, seen)
+}
+
+// Fsync flushes the device's cache, reports write-back errors, and
+// persists changed attributes.
+func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	n := h.node
+	errno := h.syncDevice("fsync", unix.Fdatasync, true)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if flags&fsyncDataOnly != 0 && !n.sizeChangedLocked() {
 		// fdatasync (what qemu's flushes are) promises the data and what
 		// is needed to read it back: the size, not the mtime. Writing
 		// attributes on every flush would cost a metadata commit each.
-		return 0
+		return errno
 	}
-	return n.persistLocked(ctx)
+	if e := n.persistForSyncLocked(ctx); errno == 0 {
+		errno = e
+	}
+	return errno
 }
 
 // fsyncDataOnly is FUSE_FSYNC_FDATASYNC.
@@ -346,6 +467,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.opens--
+	n.single.Store(n.opens == 1)
 	if n.opens > 0 {
 		return 0
 	}
@@ -354,13 +476,20 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 
 func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 	n.root.unregisterOpen(n)
+	n.single.Store(false)
 	var errno syscall.Errno
 	if d := n.dev.Swap(nil); d != nil {
+		n.syncMu.Lock()
 		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+			// Kept for the next open's fsync, which sees an error no
+			// fsync has reported (errSeq), as with the raw device.
 			errno = n.root.toErrno("flush on close", n.name, err)
+			n.wbErr.set(errno)
 		}
+		n.syncMu.Unlock()
 		d.close()
 	}
+	n.wbErr.forgetSeen()
 	if n.gone {
 		n.purgeLocked(ctx)
 		return errno
@@ -400,13 +529,15 @@ func (h *handle) Allocate(ctx context.Context, off, length uint64, mode uint32) 
 		}
 		return n.zeroInside(ctx, start, end, true)
 	case unix.FALLOC_FL_ZERO_RANGE:
-		if errno := n.zeroInside(ctx, start, end, false); errno != 0 {
-			return errno
+		// Grow first, then zero what was inside: a grow that is refused
+		// (a device file) or fails (no space) leaves every byte as it was.
+		size := n.size.Load()
+		if !keep && end > size {
+			if errno := n.truncate(ctx, end); errno != 0 { // zeroes what it adds
+				return errno
+			}
 		}
-		if !keep && end > n.size.Load() {
-			return n.truncate(ctx, end) // zeroes the rest as it grows
-		}
-		return 0
+		return n.zeroInside(ctx, start, min(end, size), false)
 	default:
 		return syscall.EOPNOTSUPP
 	}
@@ -418,10 +549,11 @@ func (n *Image) zeroInside(ctx context.Context, start, end int64, punch bool) sy
 	if start >= end {
 		return 0
 	}
-	d := n.dev.Load()
+	d := n.acquireDevice()
 	if d == nil {
 		return n.staleErrno()
 	}
+	defer d.release()
 	if _, ok := n.root.drv.(volmap.Zeroer); ok || !punch {
 		return n.zeroFile(ctx, d.direct, start, end-start)
 	}
@@ -445,7 +577,7 @@ func (n *Image) zeroInside(ctx context.Context, start, end int64, punch bool) sy
 		// gives what a hole promises: zeros.
 		return n.zeroFile(ctx, d.direct, start, end-start)
 	}
-	return n.root.toErrno("punch hole", n.name, err)
+	return n.root.toErrno(opNamePunchHole, n.name, err)
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE: the whole file is data.

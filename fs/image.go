@@ -55,8 +55,22 @@ type Image struct {
 	written atomic.Bool
 	wtime   atomic.Int64 // time of the last write, Unix nanoseconds
 	// dev holds the device fds while the file is open (set under mu, read
-	// without it on the data path).
+	// without it on the data path, always through acquireDevice).
 	dev atomic.Pointer[device]
+	// single is opens == 1: the io_uring queues may then answer an
+	// fdatasync from their own flush of the device (ringMaySync).
+	single atomic.Bool
+
+	// syncMu serializes the flushes of the device (handle.syncDevice,
+	// the last close): an error one of them takes from the kernel is in
+	// wbErr before the next looks. Taken after mu, never before it.
+	syncMu sync.Mutex
+	// wbErr are the device's write-back errors, reported to each handle
+	// once (errSeq).
+	wbErr errSeq
+	// sizeChecked is when the open device's size was last compared with
+	// the file's (Unix nanoseconds; see followDevice).
+	sizeChecked atomic.Int64
 }
 
 var (
@@ -207,7 +221,56 @@ func (n *Image) purgeLocked(ctx context.Context) {
 }
 
 // OnForget drops the node from the root's table when the kernel forgets it.
-func (n *Image) OnForget() { n.root.forget(n) }
+// A write-back error no fsync has reported yet stays with the root, for the
+// node the next lookup makes.
+func (n *Image) OnForget() {
+	n.root.forget(n)
+	if v := n.wbErr.v.Load(); v != 0 && v&seenBit == 0 {
+		n.root.keepWritebackErr(n.ino, v)
+	}
+}
+
+// ringMaySync reports whether an io_uring queue may answer an fdatasync of
+// the image from its own flush of the device: only while one handle is
+// open and no write-back error is on record, so the flush's answer cannot
+// be an error another handle still has to see. (A second handle opened
+// while that flush runs can miss an error the flush took from the kernel,
+// if it also fsyncs before the flush's completion records it.)
+func (n *Image) ringMaySync() bool { return n.single.Load() && !n.wbErr.any() }
+
+// shortRead makes the next Getattr compare the device's size at once: an
+// io_uring queue read less than the file holds.
+func (n *Image) shortRead() { n.sizeChecked.Store(0) }
+
+// followDevice takes the size of the open device when another tool changed
+// it (lvreduce, or losetup -c after the backing file was truncated), so that
+// st_size of an open file follows the device instead of promising bytes it
+// no longer has. A device file takes any new size; a file of a driver that
+// resizes keeps a logical size below the device's.
+func (n *Image) followDevice() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.sizeChecked.Store(time.Now().UnixNano())
+	d := n.acquireDevice()
+	if d == nil {
+		return
+	}
+	defer d.release()
+	// Under mu: volfs's own resizes hold it, so a size read here is never
+	// one from before a resize of our own.
+	size, err := volmap.DeviceSize(d.direct)
+	if err != nil || size == n.devSize {
+		return
+	}
+	cur := n.size.Load()
+	n.root.log.Warn("device resized by another tool while the file is open; the file follows it",
+		slog.String("volume", n.name), slog.Int64("was", n.devSize), slog.Int64("size", size))
+	n.devSize, n.vol.Size = size, size
+	_, resizer := n.root.drv.(volmap.Resizer)
+	if size < cur || !resizer {
+		n.size.Store(size)
+	}
+}
 
 func (n *Image) fillAttr(out *fuse.Attr) {
 	n.mu.Lock()
@@ -240,8 +303,12 @@ func (n *Image) fillAttr(out *fuse.Attr) {
 	out.Blksize = maxIO
 }
 
-// Getattr reports the file's attributes.
+// Getattr reports the file's attributes. An open file's size is checked
+// against its device at most once a second (followDevice).
 func (n *Image) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if n.dev.Load() != nil && time.Now().UnixNano()-n.sizeChecked.Load() >= int64(time.Second) {
+		n.followDevice()
+	}
 	n.fillAttr(&out.Attr)
 	return 0
 }
@@ -252,12 +319,23 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 		return syscall.EROFS
 	}
 	now := time.Now()
+	for _, get := range []func() (time.Time, bool){in.GetATime, in.GetMTime} {
+		if t, ok := get(); ok {
+			if err := meta.CheckTime(t); err != nil {
+				// Kept, it would fail every later save of the file's
+				// attributes (touch -d 10000-01-02).
+				n.root.log.Warn("setattr refused", slog.String("volume", n.name), slog.Any("err", err))
+				return syscall.EINVAL
+			}
+		}
+	}
 	if sz, ok := in.GetSize(); ok {
 		if errno := n.truncate(ctx, int64(sz)); errno != 0 {
 			return errno
 		}
 	}
 	n.mu.Lock()
+	was, wasWritten := n.attrs.Clone(), n.written.Load()
 	if m, ok := in.GetMode(); ok {
 		n.attrs.Mode = m & 07777
 	}
@@ -281,6 +359,14 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 	}
 	n.attrs.Ctime = now
 	errno := n.persistLocked(ctx)
+	if errno != 0 {
+		// Not saved: the change did not happen, and a later save does
+		// not trip over it.
+		n.attrs = was
+		if wasWritten {
+			n.written.Store(true)
+		}
+	}
 	n.mu.Unlock()
 	n.fillAttr(&out.Attr)
 	return errno
@@ -466,12 +552,12 @@ func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) sys
 	tail := max(end/bs*bs, head)
 	if head > off {
 		if err := zeroPartial(f, off, head-off, bs); err != nil {
-			return n.root.toErrno("zero range", n.name, err)
+			return n.root.toErrno(opNameZeroRange, n.name, err)
 		}
 	}
 	if tail < end {
 		if err := zeroPartial(f, tail, end-tail, bs); err != nil {
-			return n.root.toErrno("zero range", n.name, err)
+			return n.root.toErrno(opNameZeroRange, n.name, err)
 		}
 	}
 	if tail <= head {
@@ -483,7 +569,28 @@ func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) sys
 	} else {
 		err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, head, tail-head)
 	}
-	return n.root.toErrno("zero range", n.name, err)
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		// Growth and truncate need the zeros whatever the device can
+		// do, and so does a zero-range: write them.
+		err = writeZeros(f, head, tail-head)
+	}
+	return n.root.toErrno(opNameZeroRange, n.name, err)
+}
+
+// writeZeros writes zeros over [off, off+length), whole logical blocks of
+// the device open as f.
+func writeZeros(f *os.File, off, length int64) error {
+	b := getBuf(int(min(length, maxIO)))
+	defer putBuf(b)
+	clear(*b)
+	for done := int64(0); done < length; {
+		k, err := f.WriteAt((*b)[:min(int64(len(*b)), length-done)], off+done)
+		done += int64(k)
+		if err != nil {
+			return fmt.Errorf("write zeros at %d of %s: %w", off+done, f.Name(), err)
+		}
+	}
+	return nil
 }
 
 // zeroPartial zeroes [off, off+length), which lies inside one logical
@@ -506,8 +613,8 @@ func zeroPartial(f *os.File, off, length, bs int64) error {
 // deviceFileLocked returns an fd of the device: the open one, or a
 // temporary one (setattr on a path nobody has open).
 func (n *Image) deviceFileLocked(ctx context.Context) (*os.File, func(), syscall.Errno) {
-	if d := n.dev.Load(); d != nil {
-		return d.direct, func() {}, 0
+	if d := n.acquireDevice(); d != nil {
+		return d.direct, d.release, 0
 	}
 	f, err := n.openDeviceFile(ctx, os.O_RDWR|syscall.O_DIRECT|syscall.O_CLOEXEC)
 	if err != nil {
@@ -539,6 +646,29 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	n.changedLocked()
 	if err != nil {
 		return n.root.toErrno("save attributes", n.name, err)
+	}
+	n.saved = a
+	return 0
+}
+
+// persistForSyncLocked persists attributes for fsync. Their failure never
+// fails the fsync of the data (it is logged), with one exception: a changed
+// size that cannot be recorded, since fsync promises what is needed to read
+// the data back. The size is then tried alone, over the attributes last
+// saved, so that another attribute cannot hold it back.
+func (n *Image) persistForSyncLocked(ctx context.Context) syscall.Errno {
+	if n.persistLocked(ctx) == 0 || !n.sizeChangedLocked() {
+		return 0
+	}
+	a := n.saved.Clone()
+	a.Size = n.size.Load()
+	if a.Size == n.devSize {
+		a.Size = -1
+	}
+	err := n.root.drv.SetAttrs(ctx, n.name, a)
+	n.changedLocked()
+	if err != nil {
+		return n.root.toErrno("save the size", n.name, err)
 	}
 	n.saved = a
 	return 0

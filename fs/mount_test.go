@@ -182,13 +182,15 @@ func (m *testMount) waitNoDetached() {
 }
 
 // writeFile makes name with data (closed again) and waits for its
-// volume.
+// volume and for the server's last close (RELEASE comes after close(2)
+// has returned; FLUSH already created the volume).
 func (m *testMount) writeFile(name string, data []byte) {
 	m.t.Helper()
 	if err := os.WriteFile(m.path(name), data, 0o644); err != nil {
 		m.t.Fatal(err)
 	}
 	m.waitFor("created "+name, func() bool { _, ok := m.volume(name); return ok })
+	m.waitClosed(name)
 }
 
 // checkFile checks a file's size and, byte for byte, its content.

@@ -964,7 +964,7 @@ func (q *ringQueue) startDirect(i int) bool {
 	var off, size int64
 	switch h.Opcode {
 	case opFsync:
-		if (*fsyncArgs)(unsafe.Pointer(&e.hdr[ringOpInOff])).FsyncFlags&fsyncDataOnly == 0 {
+		if (*fsyncArgs)(unsafe.Pointer(&e.hdr[ringOpInOff])).FsyncFlags&fsyncDataOnly == 0 || !n.ringMaySync() {
 			return false
 		}
 		op = uring.OpFsync
@@ -1001,9 +1001,10 @@ func (q *ringQueue) startDirect(i int) bool {
 	s.Opcode = op
 	s.Fd = d.fd
 	if op == uring.OpFsync {
-		// The direct fd flushes the whole block device, as the buffered
-		// one does in the handle's Fsync: its dirty page cache, then the
-		// device's write cache.
+		// The fd the handle's Fsync flushes: its dirty page cache, then
+		// the device's write cache. The kernel reports a write-back
+		// error once per fd, and volfs reports it to each handle (errSeq).
+		s.Fd = d.syncFd
 		s.OpFlags = uring.FsyncDatasync
 	} else {
 		// The payload is not Go memory (newQueue maps it).
@@ -1024,6 +1025,11 @@ func (q *ringQueue) directDone(i int, res int32) {
 	q.devLatency += (now.Sub(e.started) - q.devLatency) / 8
 	img := q.endDevice(i)
 	if res < 0 {
+		if e.in().Opcode == opFsync {
+			// The kernel told this fd once; the handle's redo would
+			// flush cleanly, so the error is recorded first.
+			img.wbErr.set(syscall.Errno(-res))
+		}
 		// Let the handle's code redo it: it maps and logs the error
 		// as every other request's.
 		go q.serve(i)
@@ -1033,6 +1039,9 @@ func (q *ringQueue) directDone(i int, res int32) {
 	switch e.in().Opcode {
 	case opRead:
 		n = int(res)
+		if a := e.args(); uint32(n) < a.Size && int64(a.Offset)+int64(n) < img.size.Load() {
+			img.shortRead() // the device may have shrunk
+		}
 	case opWrite:
 		img.wtime.Store(now.UnixNano())
 		img.written.Store(true)
@@ -1042,7 +1051,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 		// fdatasync persists the size too if it changed (Fsync): then,
 		// or if the image is busy, the handle's code does the rest (the
 		// device is clean by now, its flush is cheap).
-		if !img.mu.TryLock() {
+		if !img.ringMaySync() || !img.mu.TryLock() {
 			go q.serve(i)
 			return
 		}

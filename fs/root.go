@@ -45,6 +45,9 @@ type Root struct {
 
 	// epoch counts the nodes' changes of their volumes (Image.changed).
 	epoch atomic.Uint64
+	// wbErrs are write-back errors no fsync reported yet of images the
+	// kernel forgot, by inode number (Image.OnForget).
+	wbErrs map[uint64]uint64
 
 	// open maps the inode number of each image with open handles to it.
 	// Node IDs are inode numbers (Options.ExternalNodeID), so this is how
@@ -115,6 +118,10 @@ func (r *Root) node(ctx context.Context, v volmap.Volume, since uint64) *gofs.In
 	if n == nil {
 		n = newImage(r, v)
 		r.nodes[ino] = n
+		if e, ok := r.wbErrs[ino]; ok {
+			n.wbErr.v.Store(e)
+			delete(r.wbErrs, ino)
+		}
 	}
 	r.mu.Unlock()
 	n.refresh(v, since)
@@ -122,6 +129,15 @@ func (r *Root) node(ctx context.Context, v volmap.Volume, since uint64) *gofs.In
 		return in
 	}
 	return r.NewInode(ctx, n, gofs.StableAttr{Mode: syscall.S_IFREG, Ino: ino})
+}
+
+func (r *Root) keepWritebackErr(ino, e uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.wbErrs == nil {
+		r.wbErrs = map[uint64]uint64{}
+	}
+	r.wbErrs[ino] = e
 }
 
 func (r *Root) forget(n *Image) {

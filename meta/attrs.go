@@ -1,6 +1,7 @@
 package meta
 
 import (
+	"fmt"
 	"maps"
 	"time"
 )
@@ -44,4 +45,17 @@ func (a Attrs) Equal(b Attrs) bool {
 		a.Atime.Equal(b.Atime) && a.Mtime.Equal(b.Mtime) && a.Ctime.Equal(b.Ctime) &&
 		a.Size == b.Size && len(a.Xattrs) == len(b.Xattrs) &&
 		maps.EqualFunc(a.Xattrs, b.Xattrs, func(x, y []byte) bool { return string(x) == string(y) })
+}
+
+// CheckTime reports whether every store can hold t: the state file of
+// `--device` mounts keeps RFC 3339 times, whose years run from 0 to 9999
+// (LVM tags would hold any second). A time outside is refused when it is
+// set, never found when attributes are saved.
+func CheckTime(t time.Time) error {
+	for _, y := range []int{t.Year(), t.UTC().Year()} {
+		if y < 0 || y > 9999 {
+			return fmt.Errorf("time %s is outside the years 0 to 9999 that volfs can store", t.UTC().Format(time.RFC3339))
+		}
+	}
+	return nil
 }

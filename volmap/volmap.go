@@ -124,8 +124,9 @@ type Flusher interface {
 
 // Zeroer makes a byte range of a volume read as zeros in the cheapest way
 // the driver knows (a thin volume unmaps whole chunks instead of writing
-// zeros). f is an open fd of the volume's device; off and length are whole
-// logical blocks of it (volfs zeroes partial blocks itself). Without it,
+// zeros). f is an open fd of the volume's device, kept open by the caller
+// for the whole call (fs holds the device's reference); off and length are
+// whole logical blocks of it (volfs zeroes partial blocks itself). Without it,
 // volfs uses fallocate(FALLOC_FL_ZERO_RANGE) on the device.
 type Zeroer interface {
 	Zero(ctx context.Context, name string, f *os.File, off, length int64) error
