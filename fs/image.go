@@ -90,7 +90,11 @@ func (n *Image) load(v volmap.Volume) {
 	n.vol = v
 	n.name = v.Name
 	n.attrs = v.Attrs.Clone()
-	n.saved = v.Attrs.Clone()
+	if v.Defaulted {
+		n.root.defaults.apply(&n.attrs)
+	}
+	// Defaults count as saved: nothing is written until the file changes.
+	n.saved = n.attrs.Clone()
 	n.devSize = v.Size
 	if v.Attrs.Size >= 0 && v.Attrs.Size <= v.Size {
 		n.size.Store(v.Attrs.Size)
