@@ -36,6 +36,9 @@ type libvirtd struct {
 	cmd    *exec.Cmd
 	exited chan error
 	once   sync.Once
+	// madeRun: /run/libvirt did not exist (no libvirtd on this boot),
+	// the namespace made it as a mount point; stop removes it.
+	madeRun bool
 }
 
 // The namespace's setup; $1 is the test's directory.
@@ -62,6 +65,9 @@ func startLibvirtd(t testing.TB) *libvirtd {
 		t.Fatal(err)
 	}
 	l := &libvirtd{t: t, dir: dir, uri: "qemu:///system?socket=" + filepath.Join(dir, "run", "libvirt-sock")}
+	if _, err := os.Stat("/run/libvirt"); errors.Is(err, os.ErrNotExist) {
+		l.madeRun = true
+	}
 	logf, err := os.Create(filepath.Join(dir, "libvirtd.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -124,6 +130,9 @@ func (l *libvirtd) stopOnce() {
 		<-l.exited
 	}
 	killPidFile(l.t, filepath.Join(l.dir, "virtlogd.pid"))
+	if l.madeRun {
+		_ = os.Remove("/run/libvirt") // only if still empty
+	}
 	if l.t.Failed() {
 		l.t.Logf("libvirtd log:\n%s", l.logs())
 		logs, _ := filepath.Glob(filepath.Join(l.dir, "log", "qemu", "*.log"))
