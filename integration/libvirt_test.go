@@ -24,8 +24,9 @@ import (
 // own configuration (Debian's default qemu.conf: dynamic_ownership and
 // remember_owner on) but in a private mount namespace where its state
 // directories (/run/libvirt, /var/lib/libvirt, /var/log/libvirt,
-// /var/cache/libvirt) are empty directories of the test: it neither sees
-// nor disturbs a libvirtd of the machine, and leaves nothing behind.
+// /var/cache/libvirt) are empty directories of the test and /etc/libvirt is
+// a copy: it neither sees nor disturbs a libvirtd of the machine, and
+// leaves nothing behind (pool-define-as writes into the copy).
 // Mounts made after it starts are not visible to it: mount volfs first.
 // Its namespace holds a copy of every mount, so a volfs server exits only
 // once libvirtd is stopped: stop it before an unmount.
@@ -45,6 +46,8 @@ type libvirtd struct {
 const libvirtdScript = `set -e
 d=$1
 for s in run lib log cache; do mkdir -p "$d/$s"; done
+cp -a /etc/libvirt "$d/etc"
+mount --bind "$d/etc" /etc/libvirt
 [ -d /run/libvirt ] || mkdir -p /run/libvirt
 mount --bind "$d/run" /run/libvirt
 mount --bind "$d/lib" /var/lib/libvirt
@@ -365,4 +368,37 @@ func deviceBytes(t testing.TB, dev string, off, n int64) []byte {
 		t.Fatalf("read %s at %d: %v", dev, off, err)
 	}
 	return buf
+}
+
+// A libvirt dir pool on a --device mount lists the device files as
+// volumes and moves bytes in and out of them; creating a volume is refused
+// (devices cannot be created).
+func TestLibvirtDirPoolOnDevices(t *testing.T) {
+	m, dev := setup(t, 16<<20)
+	l := startLibvirtd(t)
+	l.virsh("pool-define-as", "volfs", "dir", "--target", m.dir)
+	l.virsh("pool-start", "volfs")
+	vol := filepath.Base(dev)
+	if out := l.virsh("vol-list", "--pool", "volfs"); !strings.Contains(out, m.path(dev)) {
+		t.Errorf("vol-list does not show %s:\n%s", m.path(dev), out)
+	}
+	if out := l.virsh("vol-info", "--pool", "volfs", vol, "--bytes"); !strings.Contains(out, strconv.Itoa(16<<20)+" bytes") {
+		t.Errorf("vol-info:\n%s", out)
+	}
+	src := randomFile(t, 3<<20+512)
+	l.virsh("vol-upload", "--pool", "volfs", vol, src)
+	if sha(t, dev, 3<<20+512) != sha(t, src, 3<<20+512) {
+		t.Error("the device does not hold what vol-upload sent")
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	l.virsh("vol-download", "--pool", "volfs", vol, back)
+	if st, err := os.Stat(back); err != nil || st.Size() != 16<<20 || sha(t, back, 3<<20+512) != sha(t, src, 3<<20+512) {
+		t.Errorf("vol-download: %v, or other bytes than uploaded", err)
+	}
+	out, err := exec.Command("virsh", "-c", l.uri, "vol-create-as", "volfs", "new", "1M", "--format", "raw").CombinedOutput()
+	if err == nil {
+		t.Errorf("vol-create-as on a --device mount succeeded: %s", out)
+	}
+	l.virsh("pool-destroy", "volfs")
+	l.virsh("pool-undefine", "volfs")
 }
