@@ -82,7 +82,7 @@ func StartLibvirtd(t testing.TB, base string) *Libvirtd {
 	l.exited = make(chan error, 1)
 	go func() { l.exited <- l.cmd.Wait() }()
 	t.Cleanup(l.Stop)
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute) // the QEMU driver probes QEMU first (slow under TCG)
 	for {
 		err := exec.Command("virsh", "-c", l.URI, "version").Run()
 		if err == nil {
@@ -95,7 +95,7 @@ func StartLibvirtd(t testing.TB, base string) *Libvirtd {
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("libvirtd did not answer within 30 s: %v\n%s", err, l.logs())
+			t.Fatalf("libvirtd did not answer within 2 min: %v\n%s", err, l.logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
