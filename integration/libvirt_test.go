@@ -17,28 +17,6 @@ import (
 	"github.com/volfs/volfs/internal/testutil"
 )
 
-// TCG, no OS: the BIOS finds nothing to boot and waits, which is all a
-// disk test needs.
-const domainXML = `<domain type='qemu'>
-  <name>%s</name>
-  <memory unit='MiB'>64</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
-  <devices>
-    <emulator>%s</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='raw' cache='none' io='native'/>
-      <source file='%s'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-`
-
-// The HMP qemu-io command addresses the guest's disk by its QOM path.
-const vdaQOM = "/machine/peripheral/virtio-disk0/virtio-backend"
-
 // A VM whose disk is a volfs file starts under libvirt's default
 // configuration: libvirt remembers the image's owner in trusted.* xattrs,
 // hands the file to QEMU's user, QEMU writes through it with cache=none and
@@ -57,7 +35,7 @@ func TestLibvirtDomainOnVolfsFile(t *testing.T) {
 	emulator, _ := exec.LookPath("qemu-system-x86_64")
 	name := "volfs-test-" + strconv.Itoa(os.Getpid())
 	xml := filepath.Join(l.Dir, "domain.xml")
-	if err := os.WriteFile(xml, fmt.Appendf(nil, domainXML, name, emulator, p), 0o644); err != nil {
+	if err := os.WriteFile(xml, testutil.DomainXML(name, emulator, p), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	l.Virsh("create", xml)
@@ -87,8 +65,8 @@ func TestLibvirtDomainOnVolfsFile(t *testing.T) {
 
 	// QEMU writes through the file; the bytes are on the device.
 	want := bytes.Repeat([]byte{0x5a}, 128<<10)
-	l.Virsh("qemu-monitor-command", name, "--hmp", fmt.Sprintf(`qemu-io -d %s "write -P 0x5a %d %d"`, vdaQOM, 1<<20, len(want)))
-	l.Virsh("qemu-monitor-command", name, "--hmp", fmt.Sprintf(`qemu-io -d %s "flush"`, vdaQOM))
+	l.Virsh("qemu-monitor-command", name, "--hmp", fmt.Sprintf(`qemu-io -d %s "write -P 0x5a %d %d"`, testutil.VdaQOM, 1<<20, len(want)))
+	l.Virsh("qemu-monitor-command", name, "--hmp", fmt.Sprintf(`qemu-io -d %s "flush"`, testutil.VdaQOM))
 	if got := deviceBytes(t, dev, 1<<20, int64(len(want))); !bytes.Equal(got, want) {
 		t.Errorf("the device does not hold what QEMU wrote through the file")
 	}

@@ -2,7 +2,10 @@ package lvm
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -101,4 +104,71 @@ func TestLibvirtDirPool(t *testing.T) {
 	}
 	l.Virsh("pool-destroy", "volfs")
 	l.Virsh("pool-undefine", "volfs")
+}
+
+// A VM whose disk is a file over an LV starts with libvirt's dynamic
+// ownership: the owner libvirt remembers goes into the LV's tags while the
+// VM runs and is gone after destroy; QEMU's writes are on the LV. One
+// change from the defaults: no private mount namespace per QEMU, which the
+// guest cannot build (it has no udev: "Failed to open /dev/null for OFD
+// lock probing"); the host test runs with the defaults.
+func TestLibvirtDomainOnLV(t *testing.T) {
+	testutil.Need(t, "qemu-system-x86_64")
+	e := newVG(t)
+	// QEMU runs as libvirt-qemu: it must reach the mount point.
+	for _, d := range []string{tmpRoot, e.base} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh(t, "lvcreate", "-q", "-Zy", "-Wy", "-L", "16m", "-n", "vm", e.vg)
+	m := e.mount()
+	p := m.path("vm")
+	sh(t, "chown", "123:456", p)
+	l := testutil.StartLibvirtd(t, e.base, "namespaces = [ ]")
+	emulator, _ := exec.LookPath("qemu-system-x86_64")
+	xml := filepath.Join(e.base, "domain.xml")
+	if err := os.WriteFile(xml, testutil.DomainXML("volfs-vm", emulator, p), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.Virsh("create", xml)
+	if out := sh(t, "getfattr", "--absolute-names", "--only-values", "-n", "trusted.libvirt.security.dac", p); out != "+123:+456" {
+		t.Errorf("remembered owner: %q, want +123:+456", out)
+	}
+	if st := statT(t, p); st.Uid == 123 {
+		t.Errorf("libvirt did not give the image to QEMU's user")
+	}
+	if n := xattrTags(e.lv("vm")); n < 3 {
+		t.Errorf("%d xattr tags on the LV while the VM runs, want libvirt's 3", n)
+	}
+	l.Virsh("qemu-monitor-command", "volfs-vm", "--hmp", fmt.Sprintf(`qemu-io -d %s "write -P 0x5a 1048576 65536"`, testutil.VdaQOM))
+	l.Virsh("qemu-monitor-command", "volfs-vm", "--hmp", fmt.Sprintf(`qemu-io -d %s "flush"`, testutil.VdaQOM))
+	f, err := os.Open("/dev/" + e.vg + "/vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 65536)
+	_, err = f.ReadAt(got, 1<<20)
+	f.Close()
+	if err != nil && err != io.EOF {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, bytes.Repeat([]byte{0x5a}, 65536)) {
+		t.Error("the LV does not hold what QEMU wrote through the file")
+	}
+	l.Virsh("destroy", "volfs-vm")
+	if st := statT(t, p); st.Uid != 123 || st.Gid != 456 {
+		t.Errorf("after destroy the image is %d:%d, want 123:456", st.Uid, st.Gid)
+	}
+	e.waitLV("vm", "no xattr tags after destroy", func(l lv) bool { return xattrTags(l) == 0 })
+}
+
+func xattrTags(l lv) int {
+	n := 0
+	for _, t := range l.Tags {
+		if strings.HasPrefix(t, "volfs.x=") {
+			n++
+		}
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +44,7 @@ const libvirtdScript = `set -e
 d=$1
 for s in run lib log cache; do mkdir -p "$d/$s"; done
 cp -a /etc/libvirt "$d/etc"
+[ ! -f "$d/qemu.conf.extra" ] || cat "$d/qemu.conf.extra" >>"$d/etc/qemu.conf"
 mount --bind "$d/etc" /etc/libvirt
 [ -d /run/libvirt ] || mkdir -p /run/libvirt
 mount --bind "$d/run" /run/libvirt
@@ -55,7 +57,8 @@ exec libvirtd --pid-file "$d/libvirtd.pid"
 
 // StartLibvirtd starts libvirtd with a directory under base and stops it
 // when the test ends. It skips the test when libvirt is not installed.
-func StartLibvirtd(t testing.TB, base string) *Libvirtd {
+// qemuConf lines are added to the copy of qemu.conf (none: the defaults).
+func StartLibvirtd(t testing.TB, base string, qemuConf ...string) *Libvirtd {
 	t.Helper()
 	Need(t, "libvirtd", "virtlogd", "virsh", "unshare", "qemu-system-x86_64")
 	if _, err := os.Stat("/etc/libvirt/qemu.conf"); err != nil {
@@ -74,6 +77,11 @@ func StartLibvirtd(t testing.TB, base string) *Libvirtd {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	if len(qemuConf) > 0 {
+		if err := os.WriteFile(filepath.Join(dir, "qemu.conf.extra"), []byte(strings.Join(qemuConf, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	l.cmd = exec.Command("unshare", "--mount", "--propagation", "slave", "sh", "-c", libvirtdScript, "sh", dir)
 	l.cmd.Stdout, l.cmd.Stderr = logf, logf
 	if err := l.cmd.Start(); err != nil {
@@ -190,4 +198,33 @@ func (l *Libvirtd) QemuPid(name string) int {
 		l.t.Fatal(err)
 	}
 	return pid
+}
+
+// TCG, no OS: the BIOS finds nothing to boot and waits, which is all a
+// disk test needs.
+const domainXML = `<domain type='qemu'>
+  <name>%s</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>%s</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw' cache='none' io='native'/>
+      <source file='%s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`
+
+// VdaQOM is the QOM path by which the HMP qemu-io command addresses the
+// disk of DomainXML.
+const VdaQOM = "/machine/peripheral/virtio-disk0/virtio-backend"
+
+// DomainXML is a minimal domain whose one disk (vda) is the raw image at
+// disk, opened with cache=none and native AIO.
+func DomainXML(name, emulator, disk string) []byte {
+	return fmt.Appendf(nil, domainXML, name, emulator, disk)
 }
