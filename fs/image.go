@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -103,7 +104,11 @@ func (n *Image) load(v volmap.Volume) {
 	n.vol = v
 	n.name = v.Name
 	n.attrs = v.Attrs.Clone()
-	n.saved = v.Attrs.Clone()
+	if v.Defaulted {
+		n.root.defaults.apply(&n.attrs)
+	}
+	// Defaults count as saved: nothing is written until the file changes.
+	n.saved = n.attrs.Clone()
 	n.devSize = v.Size
 	if v.Attrs.Size >= 0 && v.Attrs.Size <= v.Size {
 		n.size.Store(v.Attrs.Size)
@@ -693,9 +698,15 @@ func (n *Image) closeDevices() {
 	}
 }
 
-// Getxattr returns a user.* attribute; anything else is absent (ENODATA),
-// answered without work: the kernel asks for security.capability on writes.
+// Getxattr returns a stored (user.* or trusted.*) attribute; a missing one
+// is ENODATA. Other namespaces are ENOTSUP, as their set is, so a program
+// that asks before it sets learns they are unsupported (libvirt asks for
+// trusted.libvirt.security.ref_dac and sets it when told ENODATA). Never
+// ENOSYS: that would make the kernel stop sending getxattr for the mount.
 func (n *Image) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if !meta.XattrStored(attr) {
+		return 0, unstoredXattr(attr)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	v, ok := n.attrs.Xattrs[attr]
@@ -708,12 +719,44 @@ func (n *Image) Getxattr(ctx context.Context, attr string, dest []byte) (uint32,
 	return uint32(copy(dest, v)), 0
 }
 
-// Listxattr lists the user.* attributes.
+// unstoredXattr answers a get or remove of an attribute in a namespace
+// volfs does not store. The kernel asks for security.capability on writes
+// and exec, and for the POSIX ACLs on permission checks: "none" is the
+// truth there and costs nothing (go-fuse's IgnoreSecurityLabels answers
+// these three itself on /dev/fuse). Anything else is unsupported.
+func unstoredXattr(attr string) syscall.Errno {
+	switch attr {
+	case "security.capability", "system.posix_acl_access", "system.posix_acl_default":
+		return syscall.ENODATA
+	}
+	return syscall.ENOTSUP
+}
+
+// Listxattr lists the stored attributes. trusted.* names are listed only
+// to callers with CAP_SYS_ADMIN, as local file systems do: the kernel
+// hides their values from others but passes a FUSE server's list through.
 func (n *Image) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	var b []byte
+	names := make([]string, 0, len(n.attrs.Xattrs))
 	for k := range n.attrs.Xattrs {
+		names = append(names, k)
+	}
+	n.mu.Unlock()
+	slices.Sort(names)
+	var b []byte
+	privileged := -1 // unknown until a trusted.* name needs it
+	for _, k := range names {
+		if meta.XattrTrusted(k) {
+			if privileged < 0 {
+				privileged = 0
+				if callerHasSysAdmin(ctx) {
+					privileged = 1
+				}
+			}
+			if privileged == 0 {
+				continue
+			}
+		}
 		b = append(append(b, k...), 0)
 	}
 	if len(dest) < len(b) {
@@ -722,13 +765,17 @@ func (n *Image) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 	return uint32(copy(dest, b)), 0
 }
 
-// Setxattr stores a user.* attribute persistently.
+// Setxattr stores a user.* or trusted.* attribute persistently (the kernel
+// lets only CAP_SYS_ADMIN set trusted.*); other namespaces are ENOTSUP.
 func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	if n.root.readOnly {
 		return syscall.EROFS
 	}
-	if len(attr) < len("user.x") || attr[:5] != "user." {
+	if !meta.XattrStored(attr) {
 		return syscall.ENOTSUP
+	}
+	if !meta.XattrNameValid(attr) {
+		return syscall.EINVAL
 	}
 	if len(attr) > meta.MaxXattrName {
 		return syscall.ERANGE
@@ -762,10 +809,13 @@ func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags ui
 	return n.persistLocked(ctx)
 }
 
-// Removexattr deletes a user.* attribute.
+// Removexattr deletes a stored attribute.
 func (n *Image) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.root.readOnly {
 		return syscall.EROFS
+	}
+	if !meta.XattrStored(attr) {
+		return unstoredXattr(attr)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -21,6 +21,9 @@ type Options struct {
 	Driver   volmap.Driver
 	Log      *slog.Logger
 	ReadOnly bool
+	// Defaults are the owner and mode of new files and of volumes with
+	// nothing recorded (see defaults.go).
+	Defaults Defaults
 }
 
 // Root is the mount's only directory: one regular file per volume.
@@ -30,6 +33,7 @@ type Root struct {
 	drv      volmap.Driver
 	log      *slog.Logger
 	readOnly bool
+	defaults Defaults
 
 	mu sync.Mutex
 	// nodes are the image nodes the kernel knows, by inode number, so that
@@ -92,7 +96,7 @@ func NewRoot(o Options) *Root {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	now := time.Now()
-	return &Root{drv: o.Driver, log: o.Log, readOnly: o.ReadOnly,
+	return &Root{drv: o.Driver, log: o.Log, readOnly: o.ReadOnly, defaults: o.Defaults,
 		nodes: map[uint64]*Image{}, pending: map[string]*Image{},
 		dir: meta.Attrs{Mode: 0o755, Atime: now, Mtime: now, Ctime: now}}
 }
@@ -296,6 +300,7 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if c, ok := fuse.FromContext(ctx); ok {
 		a.UID, a.GID = c.Uid, c.Gid
 	}
+	r.defaults.apply(&a)
 	n := newPending(r, name, a)
 	r.mu.Lock()
 	if r.pending[name] != nil {

@@ -22,7 +22,8 @@ type Attrs struct {
 	// Size is the logical byte size of the file; -1 means "the size of the
 	// device" (nothing recorded).
 	Size int64
-	// Xattrs are user.* extended attributes, keyed by full name.
+	// Xattrs are the user.* and trusted.* extended attributes (see
+	// XattrStored), keyed by full name.
 	Xattrs map[string][]byte
 }
 

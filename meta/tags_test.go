@@ -13,8 +13,9 @@ func sample() Attrs {
 		ID:   "0123456789abcdef",
 		Mode: 0o640, UID: 1000, GID: 64055,
 		Atime: time.Unix(1700000000, 1), Mtime: time.Unix(1700000001, 999999999), Ctime: time.Unix(-5, 0),
-		Size:   1000001,
-		Xattrs: map[string][]byte{"user.a": []byte("x"), "user.big": bytes.Repeat([]byte{0, 255, '='}, 1500), "user.empty": {}},
+		Size: 1000001,
+		Xattrs: map[string][]byte{"user.a": []byte("x"), "user.big": bytes.Repeat([]byte{0, 255, '='}, 1500), "user.empty": {},
+			"trusted.libvirt.security.dac": []byte("+0:+0"), "trusted.libvirt.security.timestamp_dac": []byte("1796210362")},
 	}
 }
 

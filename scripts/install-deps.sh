@@ -6,7 +6,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(fuse3 fio qemu-utils e2fsprogs util-linux attr rsync psmisc shellcheck
       qemu-system-x86 qemu-system-common linux-image-amd64 lvm2 thin-provisioning-tools
-      busybox-static xz-utils cpio kmod binutils jq make systemd logrotate)
+      busybox-static xz-utils cpio kmod binutils jq make systemd logrotate
+      libvirt-daemon-system libvirt-clients)
 need=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")

@@ -24,6 +24,10 @@ type Volume struct {
 	// Attrs are the persisted file attributes (mode, owner, times, logical
 	// size, xattrs).
 	Attrs meta.Attrs
+	// Defaulted: nothing is recorded for this volume, Attrs are the
+	// driver's defaults (the mount may give such files its own owner and
+	// mode).
+	Defaulted bool
 }
 
 // Driver is the small core every volume driver implements.

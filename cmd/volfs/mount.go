@@ -43,6 +43,7 @@ type mountCmd struct {
 	// closed by the garbage collector, releasing them). Appended to by
 	// the driver's scans, which it serializes.
 	locks []*lock.Lock
+	defaults   defaultsFlags
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -64,10 +65,14 @@ Volumes come from exactly one source:
                    cannot be created, removed, renamed or resized.
 
 Files are owned by root and mode 0600 unless changed with chown/chmod; the
-kernel enforces mode and owner for every user (default_permissions).`,
+kernel enforces mode and owner for every user (default_permissions).
+--uid, --gid and --file-mode give new files, and volumes volfs has no
+attributes for, another owner and mode (the hypervisor's user, so it can
+open its images without a chown per file).`,
 		Example: `  volfs mount --device '/dev/zvol/tank/vms/*' /var/lib/images
   volfs mount --device /dev/loop3 --device /dev/loop4 --read-only /mnt/images
-  volfs mount --vg vg0 --thin-pool pool /var/lib/images`,
+  volfs mount --vg vg0 --thin-pool pool /var/lib/images
+  volfs mount --vg vg0 --uid libvirt-qemu --gid kvm --file-mode 0660 /var/lib/libvirt/images`,
 		Args: exactArgs(1, "exactly one MOUNTPOINT"),
 		RunE: func(cmd *cobra.Command, args []string) error { return c.run(args[0]) },
 	}
@@ -85,6 +90,9 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
+	f.StringVar(&c.defaults.uid, "uid", "", "owner (name or number) of new files and of volumes without volfs attributes")
+	f.StringVar(&c.defaults.gid, "gid", "", "group (name or number) of new files and of volumes without volfs attributes")
+	f.StringVar(&c.defaults.mode, "file-mode", "", "mode (octal) of new files and of volumes without volfs attributes")
 	_ = f.MarkHidden("cpu-profile")
 	return cmd
 }
@@ -99,6 +107,9 @@ func (c *mountCmd) run(mountpoint string) error {
 		return usagef("--thin-pool and --tag go with --vg")
 	}
 	if err := c.checkLogFlags(); err != nil {
+		return err
+	}
+	if _, err := c.defaults.defaults(); err != nil {
 		return err
 	}
 	mnt, err := checkMountpoint(mountpoint)
@@ -247,7 +258,11 @@ func (c *mountCmd) serve(mnt, hidden string) (err error) {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
+	defaults, err := c.defaults.defaults()
+	if err != nil {
+		return err
+	}
+	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly, Defaults: defaults})
 	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing, FsName: c.source()})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)

@@ -336,7 +336,7 @@ func (d *Driver) Lookup(_ context.Context, name string) (volmap.Volume, error) {
 	}
 	// A block device's size is its file size; nothing else is recorded.
 	attrs.Size = -1
-	return volmap.Volume{Name: name, ID: dev.id, Size: size, Used: -1, Attrs: attrs}, nil
+	return volmap.Volume{Name: name, ID: dev.id, Size: size, Used: -1, Attrs: attrs, Defaulted: !found}, nil
 }
 
 // defaults are the attributes of a device volfs has not seen before: the

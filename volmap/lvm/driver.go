@@ -313,6 +313,7 @@ func (d *Driver) volume(lv LV, file string) volmap.Volume {
 		a = DefaultAttrs(lv.Created)
 	}
 	v.Attrs = a
+	v.Defaulted = !found
 	return v
 }
 
