@@ -52,6 +52,8 @@ type Root struct {
 	// go-fuse. A nil value marks a number two images claimed at once:
 	// their requests take go-fuse's path.
 	open sync.Map
+
+	stats Stats // requests served (stats.go)
 }
 
 func (r *Root) registerOpen(n *Image) {
