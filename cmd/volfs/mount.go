@@ -37,6 +37,7 @@ type mountCmd struct {
 	allowOther bool
 	ioURing    bool
 	cpuProfile string
+	metrics    string
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -80,6 +81,7 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
 	_ = f.MarkHidden("cpu-profile")
+	f.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics at this address (e.g. 127.0.0.1:9480; off when empty)")
 	return cmd
 }
 
@@ -220,6 +222,11 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly})
+	insp, err := c.startInspection(mnt, root, log) // volfs ls, volfs status, --metrics
+	if err != nil {
+		return err
+	}
+	defer insp.close()
 	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing, FsName: c.source()})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
