@@ -111,7 +111,14 @@ func printStatus(w io.Writer, r *statusReport) {
 	fmt.Fprintf(tw, "server:\tpid %d, volfs %s, up %s (since %s)%s\n", st.PID, st.Version,
 		time.Duration(st.Uptime*float64(time.Second)).Round(time.Second), st.Started.UTC().Format(time.DateTime+" UTC"), mode)
 	fmt.Fprintf(tw, "transport:\t%s\n", st.Transport)
-	fmt.Fprintf(tw, "requests:\t%s, %s\n", humanize.Comma(int64(st.Requests)), plural(int(st.Errors), "error"))
+	fmt.Fprintf(tw, "requests:\t%s\n", humanize.Comma(int64(st.Requests)))
+	var errs []string
+	for _, op := range sortedOps(st) {
+		if n := st.Ops[op].Errors; n > 0 {
+			errs = append(errs, fmt.Sprintf("%s %d", op, n))
+		}
+	}
+	fmt.Fprintf(tw, "errors:\t%s\n", cmp.Or(strings.Join(errs, ", "), "none"))
 	fmt.Fprintf(tw, "read:\t%s\n", size(int64(st.ReadBytes)))
 	fmt.Fprintf(tw, "written:\t%s\n", size(int64(st.WrittenBytes)))
 	fmt.Fprintf(tw, "open:\t%s, %s\n", plural(st.OpenFiles, "file"), plural(st.OpenHandles, "handle"))
@@ -122,27 +129,17 @@ func printStatus(w io.Writer, r *statusReport) {
 	if st.PoolsError != "" {
 		fmt.Fprintf(w, "pools: unknown: %s\n", st.PoolsError)
 	}
-	if len(st.Ops) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "OPERATION\tREQUESTS\tERRORS\tAVERAGE\t")
-		ops := make([]string, 0, len(st.Ops))
-		for op := range st.Ops {
-			ops = append(ops, op)
-		}
-		// The busiest first, as in iostat and nfsstat.
-		slices.SortFunc(ops, func(a, b string) int {
-			return cmp.Or(cmp.Compare(st.Ops[b].Requests, st.Ops[a].Requests), strings.Compare(a, b))
-		})
-		for _, op := range ops {
-			c := st.Ops[op]
-			avg := time.Duration(c.Seconds / float64(c.Requests) * float64(time.Second))
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", op, humanize.Comma(int64(c.Requests)), humanize.Comma(int64(c.Errors)), roundDuration(avg))
-		}
-		tw.Flush()
-	}
 	for _, s := range r.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", s)
+	}
+	if len(st.Ops) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "%-16s %12s %8s %9s\n", "OPERATION", "REQUESTS", "ERRORS", "AVERAGE")
+		for _, op := range sortedOps(st) {
+			c := st.Ops[op]
+			avg := time.Duration(c.Seconds / float64(c.Requests) * float64(time.Second))
+			fmt.Fprintf(w, "%-16s %12s %8s %9s\n", op, humanize.Comma(int64(c.Requests)), humanize.Comma(int64(c.Errors)), roundDuration(avg))
+		}
 	}
 }
 
@@ -154,4 +151,16 @@ func roundDuration(d time.Duration) time.Duration {
 		}
 	}
 	return d
+}
+
+// sortedOps are the operations of st, the busiest first (as nfsstat).
+func sortedOps(st *volfs.Status) []string {
+	ops := make([]string, 0, len(st.Ops))
+	for op := range st.Ops {
+		ops = append(ops, op)
+	}
+	slices.SortFunc(ops, func(a, b string) int {
+		return cmp.Or(cmp.Compare(st.Ops[b].Requests, st.Ops[a].Requests), strings.Compare(a, b))
+	})
+	return ops
 }
