@@ -101,3 +101,27 @@ func TestStatusJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestWaitProgress(t *testing.T) {
+	var b bytes.Buffer
+	p := &waitProgress{w: &b, msg: "waiting", limit: time.Minute, start: time.Now().Add(-2 * time.Second)}
+	p.tick()
+	p.tick() // within 200ms of the last: not redrawn
+	p.done()
+	if got, want := b.String(), "\r\033[K/ waiting: 2s of at most 1m0s\r\033[K"; got != want {
+		t.Errorf("progress wrote %q, want %q", got, want)
+	}
+	// Not a terminal: nothing at all.
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	q := newWaitProgress(f, "waiting", time.Minute)
+	q.start = q.start.Add(-time.Hour)
+	q.tick()
+	q.done()
+	if st, _ := f.Stat(); st.Size() != 0 {
+		t.Errorf("progress wrote %d bytes to a file", st.Size())
+	}
+}

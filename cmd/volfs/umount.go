@@ -62,11 +62,14 @@ func umount(mountpoint string, timeout time.Duration) error {
 	if pid <= 0 {
 		return nil
 	}
+	prog := newWaitProgress(os.Stderr, fmt.Sprintf("waiting for the server (pid %d) to write out attributes and exit", pid), timeout)
+	defer prog.done()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if exited(pid) {
 			return nil
 		}
+		prog.tick()
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("unmounted %s, but its server (pid %d) has not exited after %s", mnt, pid, timeout)
