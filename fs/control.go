@@ -93,7 +93,8 @@ type Holder = procfs.Process
 type FileInfo struct {
 	Name string `json:"name"`
 	// Size is the file's size; Used what its volume takes from the VG or
-	// pool (a thin volume's mapped bytes; a linear volume's whole size).
+	// pool (a thin volume's mapped bytes, -1 if unknown because the volume
+	// is inactive; a linear volume's whole size).
 	Size int64 `json:"size"`
 	Used int64 `json:"used"`
 	volmap.Details
@@ -154,8 +155,8 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 		if v.Attrs.Size >= 0 && v.Attrs.Size <= v.Size {
 			f.Size = v.Attrs.Size
 		}
-		if v.Used >= 0 {
-			f.Used = v.Used
+		if v.Used >= 0 || v.Thin {
+			f.Used = v.Used // -1: a thin volume LVM cannot tell (inactive)
 		}
 		if v.Thin {
 			f.Kind = "thin"
@@ -199,7 +200,7 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 		}
 		l.Total.Files++
 		l.Total.Size += f.Size
-		l.Total.Used += f.Used
+		l.Total.Used += max(f.Used, 0)
 	}
 	if pools, err := in.Pools(ctx); err != nil {
 		l.PoolsError = err.Error()

@@ -72,8 +72,11 @@ func printListing(w io.Writer, l *volfs.Listing) {
 	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tKIND\tDEVICE\tOPEN\tBY")
 	for _, f := range l.Files {
 		kind, dev, used := orDash(f.Kind), orDash(f.Path), size(f.Used)
+		if f.Pending || f.Used < 0 {
+			used = "-"
+		}
 		if f.Pending {
-			kind, used = "new", "-"
+			kind = "new"
 		}
 		open := "-"
 		if f.Handles > 0 {
