@@ -167,11 +167,11 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 			}
 		}
 		if n := nodes[inoOf(v.Identity())]; n != nil {
-			// The node's own state is newer than the listing's while it
-			// is open (writes grow it before any lvs sees it).
+			// The size stat shows: the node's, unless another tool
+			// resized the idle volume since (Image.refresh).
 			n.mu.Lock()
 			f.Handles = n.opens
-			if n.opens > 0 && !n.gone {
+			if !n.gone && (n.opens > 0 || n.written.Load() || v.Size == n.devSize) {
 				f.Size = n.size.Load()
 			}
 			n.mu.Unlock()

@@ -60,7 +60,8 @@ func TestLsStatusThinPool(t *testing.T) {
 		t.Errorf("ls --json lin: %+v", lin)
 	}
 	if thin.Kind != "thin" || thin.Pool != "pool" || thin.Size != 16*mib || thin.Used < 16*mib || thin.Handles != 0 {
-		t.Errorf("ls --json thin1: %+v", thin)
+		out, _ := try("lvs", "-o", "lv_name,lv_size,lv_tags", e.vg)
+		t.Errorf("ls --json thin1: %+v; stat: %d bytes; lvs:\n%s", thin, size(t, m.path("thin1")), out)
 	}
 	if len(l.Pools) != 2 || l.Pools[0].Name != e.vg || l.Pools[0].Kind != "vg" || l.Pools[0].Free <= 0 ||
 		l.Pools[1].Name != e.vg+"/pool" || l.Pools[1].Kind != "thin-pool" || l.Pools[1].Size != 64*mib ||
@@ -80,13 +81,14 @@ func TestLsStatusThinPool(t *testing.T) {
 	if st.Source != e.vg+"/pool" || len(st.Warnings) != 0 {
 		t.Errorf("status --json: %+v", st)
 	}
-	runJSON(t, &st, "status", "--json", "--warn-fill", "10", m.dir)
+	// 16 MiB of 64 MiB: the pool's data is 25% full, its metadata less.
+	runJSON(t, &st, "status", "--json", "--warn-fill", "20", m.dir)
 	if len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], "thin pool "+e.vg+"/pool data") {
-		t.Errorf("status --json --warn-fill 10: warnings %q", st.Warnings)
+		t.Errorf("status --json --warn-fill 20: warnings %q", st.Warnings)
 	}
-	out, err = exec.Command(volfsBin, "status", "--warn-fill", "10", m.dir).CombinedOutput()
+	out, err = exec.Command(volfsBin, "status", "--warn-fill", "20", m.dir).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "warning: thin pool "+e.vg+"/pool data is") {
-		t.Errorf("volfs status --warn-fill 10: %v\n%s", err, out)
+		t.Errorf("volfs status --warn-fill 20: %v\n%s", err, out)
 	}
 
 	mt := scrapeMetrics(t, addr)
