@@ -97,8 +97,12 @@ func (s *Stats) done(op Op, start time.Time, errno syscall.Errno) {
 
 // expected reports whether an error is an answer rather than a failure: a
 // name that does not exist, an absent xattr, a buffer the kernel sizes
-// first, an O_EXCL create of an existing name.
+// first, an O_EXCL create of an existing name, a request the kernel
+// stops sending once told it is not implemented (ENOSYS: statx, ioctl).
 func expected(op Op, errno syscall.Errno) bool {
+	if errno == syscall.ENOSYS || errno == syscall.ENOTTY && op == OpOther {
+		return true
+	}
 	switch op {
 	case OpLookup:
 		return errno == syscall.ENOENT
@@ -320,4 +324,47 @@ func (s *Stats) ringDone(opcode uint32, start time.Time, res int32) {
 	case opFsync:
 		s.done(OpFsync, start, 0)
 	}
+}
+
+func (f *statsFS) Statx(c <-chan struct{}, in *fuse.StatxIn, out *fuse.StatxOut) fuse.Status {
+	t := time.Now()
+	return f.count(OpGetattr, t, f.RawFileSystem.Statx(c, in, out))
+}
+
+// The requests volfs answers with a refusal or that carry no work of its
+// own count as "other".
+
+func (f *statsFS) Access(c <-chan struct{}, in *fuse.AccessIn) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Access(c, in))
+}
+
+func (f *statsFS) OpenDir(c <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.OpenDir(c, in, out))
+}
+
+func (f *statsFS) Mkdir(c <-chan struct{}, in *fuse.MkdirIn, name string, out *fuse.EntryOut) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Mkdir(c, in, name, out))
+}
+
+func (f *statsFS) Rmdir(c <-chan struct{}, h *fuse.InHeader, name string) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Rmdir(c, h, name))
+}
+
+func (f *statsFS) Link(c <-chan struct{}, in *fuse.LinkIn, name string, out *fuse.EntryOut) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Link(c, in, name, out))
+}
+
+func (f *statsFS) Symlink(c <-chan struct{}, h *fuse.InHeader, target, name string, out *fuse.EntryOut) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Symlink(c, h, target, name, out))
+}
+
+func (f *statsFS) Ioctl(c <-chan struct{}, in *fuse.IoctlIn, inbuf []byte, out *fuse.IoctlOut, outbuf []byte) fuse.Status {
+	t := time.Now()
+	return f.count(OpOther, t, f.RawFileSystem.Ioctl(c, in, inbuf, out, outbuf))
 }
