@@ -125,3 +125,18 @@ func TestWaitProgress(t *testing.T) {
 		t.Errorf("progress wrote %d bytes to a file", st.Size())
 	}
 }
+
+// fstab lines pass --metrics as an option like every other flag.
+func TestMetricsMountOption(t *testing.T) {
+	args, _, err := helperArgs("vg0", "/var/lib/images", []string{"metrics=127.0.0.1:9480,_netdev"}, false, newMountCmd().Flags())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, a := range args {
+		found = found || a == "--metrics=127.0.0.1:9480"
+	}
+	if !found {
+		t.Errorf("helper args %q lack --metrics=127.0.0.1:9480", args)
+	}
+}
