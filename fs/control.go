@@ -133,6 +133,7 @@ const holdersTimeout = 3 * time.Second
 // Listing describes every file, who has it open, and the pools.
 func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 	r := in.root
+	since := r.epoch.Load() // see Image.refresh
 	vols, err := r.drv.List(ctx)
 	if err != nil {
 		return nil, err
@@ -168,11 +169,17 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 		}
 		if n := nodes[inoOf(v.Identity())]; n != nil {
 			// The size stat shows: the node's, unless another tool
-			// resized the idle volume since (Image.refresh).
+			// resized the idle volume since (as Image.refresh decides).
+			// The node may have changed its volume after the listing
+			// was read (a last close trims it and records the size).
 			n.mu.Lock()
 			f.Handles = n.opens
-			if !n.gone && (n.opens > 0 || n.written.Load() || v.Size == n.devSize) {
+			newer := n.changed > since
+			if !n.gone && (newer || n.opens > 0 || n.written.Load() || v.Size == n.devSize) {
 				f.Size = n.size.Load()
+			}
+			if !n.gone && newer && !v.Thin {
+				f.Used = n.devSize
 			}
 			n.mu.Unlock()
 		}
