@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Process is a process holding a file.
@@ -17,60 +18,72 @@ type Process struct {
 	Command string `json:"command"`
 }
 
+// scanners bounds the processes examined at once.
+const scanners = 8
+
+// stuck are the processes whose /proc entries did not answer a scan that
+// has given up on them (a process wedged in the kernel: reading its fd
+// table waits for a lock it holds). Their goroutine stays blocked until
+// the process moves; later scans skip them instead of adding another.
+var stuck sync.Map // pid -> struct{}
+
 // FilesUnder returns, for each path under dir that some process has open
 // (an fd), the processes holding it, keyed by the path relative to dir.
-// complete is false when ctx ended before every process was looked at:
-// the scan runs in a goroutine of its own, so a /proc read that blocks (a
-// process wedged in the kernel) delays nobody beyond ctx.
+// complete is false when a process could not be examined before ctx
+// ended (or is still stuck from an earlier scan): the holders returned
+// are the ones found. A process wedged in the kernel delays nobody beyond
+// ctx.
 func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, complete bool) {
 	type result struct {
 		pid  int
 		comm string
 		rels []string
 	}
-	ch := make(chan result, 64)
-	go func() {
-		defer close(ch)
-		ents, err := os.ReadDir("/proc")
-		if err != nil {
-			return
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return map[string][]Process{}, false
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	self := os.Getpid()
+	var pids []int
+	complete = true
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
 		}
-		self := os.Getpid()
-		prefix := strings.TrimSuffix(dir, "/") + "/"
-		for _, e := range ents {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil || pid == self {
-				continue
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			rels := openUnder(pid, prefix)
-			if len(rels) == 0 {
-				continue
-			}
-			comm, _ := os.ReadFile("/proc/" + e.Name() + "/comm")
+		if _, ok := stuck.Load(pid); ok {
+			complete = false
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	ch := make(chan result, len(pids))
+	sem := make(chan struct{}, scanners)
+	go func() {
+		for _, pid := range pids {
 			select {
-			case ch <- result{pid, strings.TrimSpace(string(comm)), rels}:
+			case sem <- struct{}{}:
 			case <-ctx.Done():
 				return
 			}
-		}
-		select {
-		case ch <- result{pid: -1}: // the end of a complete scan
-		case <-ctx.Done():
+			go func() {
+				stuck.Store(pid, struct{}{})
+				defer stuck.Delete(pid)
+				defer func() { <-sem }()
+				r := result{pid: pid, rels: openUnder(pid, prefix)}
+				if len(r.rels) > 0 {
+					comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+					r.comm = strings.TrimSpace(string(comm))
+				}
+				ch <- r // buffered: never blocks
+			}()
 		}
 	}()
 	files = map[string][]Process{}
-	for {
+	for range pids {
 		select {
-		case r, ok := <-ch:
-			if !ok {
-				return files, false
-			}
-			if r.pid < 0 {
-				return files, true
-			}
+		case r := <-ch:
 			for _, rel := range r.rels {
 				files[rel] = append(files[rel], Process{PID: r.pid, Command: r.comm})
 			}
@@ -78,6 +91,10 @@ func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, co
 			return files, false
 		}
 	}
+	for _, ps := range files {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].PID < ps[j].PID })
+	}
+	return files, complete
 }
 
 // openUnder lists the distinct paths under prefix that process pid has
