@@ -183,7 +183,9 @@ func TestLsStatusMetrics(t *testing.T) {
 				st.Warnings == nil || len(st.Warnings) != 0 || st.Uptime <= 0 {
 				t.Errorf("status --json: %+v", st)
 			}
+			t.Logf("volfs ls:\n%s", out)
 			out, code = volfsRun(t, "status", m.dir)
+			t.Logf("volfs status:\n%s", out)
 			if code != 0 || !strings.Contains(out, "transport: "+c.transport) || !strings.Contains(out, "open:      1 file, 1 handle") {
 				t.Errorf("volfs status (exit %d):\n%s", code, out)
 			}

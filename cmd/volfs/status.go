@@ -146,7 +146,12 @@ func printStatus(w io.Writer, r *statusReport) {
 // roundDuration keeps three significant digits: 1.23ms, 45.6µs, 2.1s.
 func roundDuration(d time.Duration) time.Duration {
 	for _, r := range []time.Duration{time.Second, time.Millisecond, time.Microsecond} {
-		if d >= r {
+		switch {
+		case d >= 100*r:
+			return d.Round(r)
+		case d >= 10*r:
+			return d.Round(r / 10)
+		case d >= r:
 			return d.Round(r / 100)
 		}
 	}
