@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/volfs/volfs/internal/testutil"
 )
@@ -240,4 +243,46 @@ func TestLsStatusErrors(t *testing.T) {
 	// The server is unharmed and still answers root.
 	var l map[string]any
 	volfsJSON(t, &l, "ls", "--json", m.dir)
+}
+
+// TestUmountProgressOnTerminal: volfs umount waiting for a server that is
+// slow to exit says so on a terminal (and only there).
+func TestUmountProgressOnTerminal(t *testing.T) {
+	testutil.Need(t, "script")
+	m, _ := setup(t, 16<<20)
+	pid := 0
+	for _, p := range mustGlob(t, "/proc/[0-9]*/cmdline") {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), "--foreground") && strings.Contains(string(b), m.dir) {
+			pid, _ = strconv.Atoi(strings.Split(p, "/")[2])
+		}
+	}
+	if pid == 0 {
+		t.Fatal("no server process found")
+	}
+	// A stopped server cannot exit: umount unmounts, then waits.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(2 * time.Second)
+		_ = syscall.Kill(pid, syscall.SIGCONT)
+	}()
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	got, err := exec.Command("script", "-qec", volfsBin+" umount "+m.dir, "/dev/null").CombinedOutput()
+	if err != nil {
+		t.Fatalf("volfs umount on a terminal: %v\n%q", err, got)
+	}
+	if !strings.Contains(string(got), fmt.Sprintf("waiting for the server (pid %d)", pid)) {
+		t.Errorf("volfs umount on a terminal printed %q, want the wait shown", got)
+	}
+}
+
+func mustGlob(t testing.TB, pattern string) []string {
+	t.Helper()
+	m, err := filepath.Glob(pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
