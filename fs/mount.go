@@ -90,7 +90,8 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{}
-	var fsys fuse.RawFileSystem = gofs.NewNodeFS(root, opts)
+	root.stats.start = time.Now()
+	var fsys fuse.RawFileSystem = &statsFS{RawFileSystem: gofs.NewNodeFS(root, opts), st: &root.stats}
 	if mo.IOUring && enableURing(root.log) && ringUsable(root.log) {
 		opts.MountOptions.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		fsys = &ringInit{RawFileSystem: fsys, start: func(srv *fuse.Server, rawFS fuse.RawFileSystem) {

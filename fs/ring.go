@@ -266,6 +266,7 @@ func startRing(srv *fuse.Server, rawFS fuse.RawFileSystem, mo *fuse.MountOptions
 	s := &ringServer{root: root, log: root.log, fuseFd: -1, dir: dir}
 	err := s.start(srv, rawFS, mo)
 	if err == nil {
+		root.stats.ring.Store(true)
 		return s
 	}
 	s.log.Warn("FUSE over io_uring did not start; serving through /dev/fuse", slog.Any("err", err))
@@ -1063,6 +1064,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 		}
 	}
 	q.s.direct.Add(1)
+	q.s.root.stats.ringDone(e.in().Opcode, e.started, res)
 	e.setReply(0, n)
 	q.commit(i)
 }

@@ -62,6 +62,8 @@ type Root struct {
 
 	// commit persists the sizes of growing open files (durable.go).
 	commit committer
+
+	stats Stats // requests served (stats.go)
 }
 
 func (r *Root) registerOpen(n *Image) {

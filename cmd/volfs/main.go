@@ -53,7 +53,7 @@ device.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 	})
-	root.AddCommand(newMountCmd(), newUmountCmd(), newVersionCmd())
+	root.AddCommand(newMountCmd(), newUmountCmd(), newVersionCmd(), newLsCmd(), newStatusCmd())
 	root.AddCommand(newGendocsCmd())
 	addCompletions(root)
 	return root

@@ -42,8 +42,9 @@ type mountCmd struct {
 	// locks are held until the process exits (dropped, they would be
 	// closed by the garbage collector, releasing them). Appended to by
 	// the driver's scans, which it serializes.
-	locks []*lock.Lock
-	defaults   defaultsFlags
+	locks    []*lock.Lock
+	defaults defaultsFlags
+	metrics  string
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -94,6 +95,7 @@ open its images without a chown per file).`,
 	f.StringVar(&c.defaults.gid, "gid", "", "group (name or number) of new files and of volumes without volfs attributes")
 	f.StringVar(&c.defaults.mode, "file-mode", "", "mode (octal) of new files and of volumes without volfs attributes")
 	_ = f.MarkHidden("cpu-profile")
+	f.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics at this address (e.g. 127.0.0.1:9480; off when empty)")
 	return cmd
 }
 
@@ -263,6 +265,11 @@ func (c *mountCmd) serve(mnt, hidden string) (err error) {
 		return err
 	}
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly, Defaults: defaults})
+	insp, err := c.startInspection(mnt, root, log) // volfs ls, volfs status, --metrics
+	if err != nil {
+		return err
+	}
+	defer insp.close()
 	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing, FsName: c.source()})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)

@@ -120,11 +120,14 @@ func (c *umountCmd) run(mountpoint string) error {
 	if !running {
 		return nil
 	}
+	prog := newWaitProgress(os.Stderr, fmt.Sprintf("waiting for the server (pid %d) to write out attributes and exit", srv.Pid), c.timeout)
+	defer prog.done()
 	for srv.Running() {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("unmounted %s, but its server (pid %d) has not exited after %s (stopped or wedged?): 'volfs umount --force %s' kills it",
 				mnt, srv.Pid, c.timeout, mnt)
 		}
+		prog.tick()
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nil

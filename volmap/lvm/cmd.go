@@ -280,6 +280,7 @@ func (r *Runner) exec(ctx context.Context, argv []string) ([]byte, error) {
 	start := time.Now()
 	err := cmd.Run()
 	took := time.Since(start)
+	observe(argv[0], took, err != nil)
 	code := -1
 	if cmd.ProcessState != nil {
 		code = cmd.ProcessState.ExitCode()

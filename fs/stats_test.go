@@ -1,0 +1,71 @@
+package fs
+
+import (
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestStats(t *testing.T) {
+	var s Stats
+	now := time.Now()
+	s.done(OpRead, now.Add(-10*time.Microsecond), 0)       // first bucket
+	s.done(OpRead, now.Add(-3*time.Millisecond), 0)        // 5 ms bucket
+	s.done(OpRead, now.Add(-time.Minute), syscall.EIO)     // +Inf
+	s.done(OpLookup, now, syscall.ENOENT)                  // an answer, not an error
+	s.done(OpGetxattr, now, syscall.ENODATA)               // likewise
+	s.done(OpWrite, now, syscall.ENOSPC)                   // an error
+	s.ringDone(opWrite, now.Add(-time.Millisecond), 1<<20) // the ring's fast path
+	s.ringDone(opRead, now.Add(-time.Millisecond), 4096)   // likewise
+	s.ringDone(opFsync, now.Add(-time.Millisecond), 0)     // likewise
+	snap := s.Snapshot()
+	r := snap.Ops["read"]
+	if r.Requests != 4 || r.Errors != 1 || r.Seconds < 60 {
+		t.Errorf("read = %+v", r)
+	}
+	if r.Buckets[0] != 1 || r.Buckets[len(r.Buckets)-1] != 3 {
+		t.Errorf("read buckets = %v: want 1 in the first, 3 below the last bound", r.Buckets)
+	}
+	if i := 7; LatencyBuckets[i] != 5e-3 || r.Buckets[i] != 3 || r.Buckets[i-1] != 2 {
+		t.Errorf("read buckets = %v: want the 3 ms request in the 5 ms bucket", r.Buckets)
+	}
+	if c := snap.Ops["lookup"]; c.Requests != 1 || c.Errors != 0 {
+		t.Errorf("lookup = %+v", c)
+	}
+	if c := snap.Ops["getxattr"]; c.Errors != 0 {
+		t.Errorf("getxattr = %+v", c)
+	}
+	if c := snap.Ops["write"]; c.Requests != 2 || c.Errors != 1 {
+		t.Errorf("write = %+v", c)
+	}
+	if c := snap.Ops["fsync"]; c.Requests != 1 {
+		t.Errorf("fsync = %+v", c)
+	}
+	if snap.ReadBytes != 4096 || snap.WrittenBytes != 1<<20 {
+		t.Errorf("bytes read %d, written %d", snap.ReadBytes, snap.WrittenBytes)
+	}
+	if _, ok := snap.Ops["rename"]; ok {
+		t.Error("an operation never requested is in the snapshot")
+	}
+}
+
+// The data path's counting allocates nothing.
+func TestStatsDoNotAllocate(t *testing.T) {
+	var s Stats
+	start := time.Now()
+	if n := testing.AllocsPerRun(100, func() {
+		s.done(OpWrite, start, 0)
+		s.ringDone(opRead, start, 4096)
+	}); n != 0 {
+		t.Errorf("%v allocations per request", n)
+	}
+}
+
+func BenchmarkStatsDone(b *testing.B) {
+	var s Stats
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			s.done(OpRead, time.Now(), 0)
+		}
+	})
+}

@@ -1,0 +1,126 @@
+// Package procfs finds which processes hold files open, from /proc. It
+// reads only /proc (never the files themselves, which may be on a mount
+// whose server is the caller) and is bounded by its caller's context.
+package procfs
+
+import (
+	"context"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Process is a process holding a file.
+type Process struct {
+	PID     int    `json:"pid"`
+	Command string `json:"command"`
+}
+
+// scanners bounds the processes examined at once.
+const scanners = 8
+
+// stuck are the processes whose /proc entries did not answer a scan that
+// has given up on them (a process wedged in the kernel: reading its fd
+// table waits for a lock it holds). Their goroutine stays blocked until
+// the process moves; later scans skip them instead of adding another.
+var stuck sync.Map // pid -> struct{}
+
+// FilesUnder returns, for each path under dir that some process has open
+// (an fd), the processes holding it, keyed by the path relative to dir.
+// complete is false when a process could not be examined before ctx
+// ended (or is still stuck from an earlier scan): the holders returned
+// are the ones found. A process wedged in the kernel delays nobody beyond
+// ctx.
+func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, complete bool) {
+	type result struct {
+		pid  int
+		comm string
+		rels []string
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return map[string][]Process{}, false
+	}
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	self := os.Getpid()
+	var pids []int
+	complete = true
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		if _, ok := stuck.Load(pid); ok {
+			complete = false
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	ch := make(chan result, len(pids))
+	sem := make(chan struct{}, scanners)
+	go func() {
+		for _, pid := range pids {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				stuck.Store(pid, struct{}{})
+				defer stuck.Delete(pid)
+				defer func() { <-sem }()
+				r := result{pid: pid, rels: openUnder(pid, prefix)}
+				if len(r.rels) > 0 {
+					comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+					r.comm = strings.TrimSpace(string(comm))
+				}
+				ch <- r // buffered: never blocks
+			}()
+		}
+	}()
+	files = map[string][]Process{}
+	for range pids {
+		select {
+		case r := <-ch:
+			for _, rel := range r.rels {
+				files[rel] = append(files[rel], Process{PID: r.pid, Command: r.comm})
+			}
+		case <-ctx.Done():
+			return files, false
+		}
+	}
+	for _, ps := range files {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].PID < ps[j].PID })
+	}
+	return files, complete
+}
+
+// openUnder lists the distinct paths under prefix that process pid has
+// open, relative to prefix.
+func openUnder(pid int, prefix string) []string {
+	fdDir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	f, err := os.Open(fdDir)
+	if err != nil {
+		return nil
+	}
+	names, _ := f.Readdirnames(-1)
+	f.Close()
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range names {
+		t, err := os.Readlink(fdDir + n)
+		if err != nil || !strings.HasPrefix(t, prefix) {
+			continue
+		}
+		rel := strings.TrimPrefix(t, prefix)
+		if strings.HasSuffix(rel, " (deleted)") || seen[rel] {
+			continue
+		}
+		seen[rel] = true
+		out = append(out, rel)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,43 @@
+package volmap
+
+import "context"
+
+// Details say where a volume lives, for `volfs ls`.
+type Details struct {
+	// Kind is what the volume is: "linear", "thin", "striped", "raid1",
+	// ... for LVM (its segment type), "device" for an existing block
+	// device.
+	Kind string `json:"kind"`
+	// Path is the volume's block device as its users name it
+	// (/dev/VG/LV, the matched device path).
+	Path string `json:"path"`
+	// Pool is the thin pool of a thin volume.
+	Pool string `json:"pool,omitempty"`
+}
+
+// Describer is implemented by drivers that can say where a volume lives.
+type Describer interface {
+	Describe(ctx context.Context, name string) (Details, error)
+}
+
+// Pool is one place new files take space from, or that fills as files
+// are written: a volume group, a thin pool, a set of devices.
+type Pool struct {
+	// Name is how LVM users write it: "vg0", "vg0/pool".
+	Name string `json:"name"`
+	// Kind is "vg", "thin-pool" or "devices".
+	Kind string `json:"kind"`
+	Size int64  `json:"size"`
+	Free int64  `json:"free"`
+	// DataPercent and MetadataPercent are a thin pool's fill (0-100); -1
+	// where it does not apply or LVM does not report it (an inactive
+	// pool).
+	DataPercent     float64 `json:"data_percent"`
+	MetadataPercent float64 `json:"metadata_percent"`
+}
+
+// PoolReporter is implemented by drivers that can report their pools: for
+// LVM, the volume group and every thin pool in it.
+type PoolReporter interface {
+	Pools(ctx context.Context) ([]Pool, error)
+}
