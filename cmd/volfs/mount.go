@@ -37,6 +37,7 @@ type mountCmd struct {
 	allowOther bool
 	ioURing    bool
 	cpuProfile string
+	poolLimit  float64
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -78,6 +79,7 @@ kernel enforces mode and owner for every user (default_permissions).`,
 	f.StringVar(&c.logLevel, "log-level", "info", "log messages of this level and above: "+levelNames())
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
+	f.Float64Var(&c.poolLimit, "pool-limit", 90, "with --vg: refuse snapshots and clones while the thin pool's data or metadata use is above this percentage")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
 	_ = f.MarkHidden("cpu-profile")
 	return cmd
@@ -228,6 +230,11 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	srv, err := volfs.Mount(mnt, root, volfs.MountOptions{Debug: c.debug, AllowOther: c.allowOther, IOUring: c.ioURing, FsName: c.source()})
 	if err != nil {
 		return fmt.Errorf("mount %s: %w", mnt, err)
+	}
+	if ctl, err := startControl(mnt, root, log); err != nil {
+		log.Warn("no control socket: volfs snapshot and clone will not reach this server", slog.Any("err", err))
+	} else {
+		defer ctl.Close()
 	}
 	pidFile := pidPath(mnt)
 	_ = os.MkdirAll(filepath.Dir(pidFile), 0o755)
