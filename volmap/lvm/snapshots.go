@@ -184,7 +184,7 @@ func (d *Driver) poolGuard(ctx context.Context, pool, what string) error {
 	data, md := p.percent("data_percent"), p.percent("metadata_percent")
 	if data > limit || md > limit {
 		return fmt.Errorf("%s refused: thin pool %s/%s is %.1f%% full (data) and %.1f%% (metadata), above the "+
-			"limit of %.0f%% (volfs mount --pool-limit): extend the pool (lvextend -L +SIZE %s/%s, or "+
+			"limit of %g%% (volfs mount --pool-limit): extend the pool (lvextend -L +SIZE %s/%s, or "+
 			"--poolmetadatasize) or delete snapshots: %w",
 			what, d.cfg.VG, pool, data, md, limit, d.cfg.VG, pool, volmap.ErrNoSpace)
 	}
