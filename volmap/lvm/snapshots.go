@@ -56,6 +56,17 @@ const DefaultPoolLimit = 90
 
 var snapB64 = base64.RawURLEncoding
 
+// rollbackFault, when set (tests), is called before Rollback's step 2 and
+// 3; an error fails that step.
+var rollbackFault func(step int) error
+
+func injectRollbackFault(step int) error {
+	if rollbackFault == nil {
+		return nil
+	}
+	return rollbackFault(step)
+}
+
 // snapState counts the opens of each snapshot LV and remembers which ones
 // the driver activated, to deactivate them at the last close.
 type snapState struct {
@@ -332,11 +343,19 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 		args = append(args, "--addtag", t)
 	}
 	args = append(args, d.cfg.VG+"/"+snap.Name)
-	if _, err := d.lvm.Run(ctx, "lvcreate", args...); err != nil {
+	err = injectRollbackFault(2)
+	if err == nil {
+		_, err = d.lvm.Run(ctx, "lvcreate", args...)
+	}
+	if err != nil {
 		err = fmt.Errorf("rollback of %s: copy snapshot %q (%s/%s): %w", image, name, d.cfg.VG, snap.Name, err)
 		return errors.Join(err, d.undoCreate(undoCtx, lv.Name), d.undoStep(undoCtx, aside, lv.Name))
 	}
-	if err := d.remove(ctx, image+" (before rollback)", aside); err != nil {
+	err = injectRollbackFault(3)
+	if err == nil {
+		err = d.remove(ctx, image+" (before rollback)", aside)
+	}
+	if err != nil {
 		err = fmt.Errorf("rollback of %s: remove the old volume: %w", image, err)
 		_, rerr := d.lvm.Run(undoCtx, "lvremove", d.cfg.VG+"/"+lv.Name)
 		if rerr != nil {
