@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -70,6 +71,26 @@ func TestSnapshotDriver(t *testing.T) {
 		if b := readAt(t, d, "img", mib, 0); !bytes.Equal(b, bytes.Repeat([]byte{7}, mib)) {
 			t.Fatalf("step %d: data changed by a failed rollback", step)
 		}
+	}
+
+	// Refused while another process holds the image's device, naming it.
+	holder := exec.Command("sh", "-c", `exec 3<"$1"; echo ok; read -r _`, "sh", "/dev/"+e.vg+"/img")
+	stdin, _ := holder.StdinPipe()
+	stdout, _ := holder.StdoutPipe()
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stdout.Read(make([]byte, 3)); err != nil {
+		t.Fatal(err)
+	}
+	err = d.Rollback(ctx, "img", "s1", a)
+	stdin.Close()
+	_ = holder.Wait()
+	if !errors.Is(err, volmap.ErrInUse) || !strings.Contains(err.Error(), "(sh)") {
+		t.Fatalf("rollback of a held image: %v", err)
+	}
+	if e.lvs()["img"].uuid != before.uuid {
+		t.Fatal("a refused rollback changed the image")
 	}
 
 	a.Mode = 0o600
