@@ -52,6 +52,7 @@ vmtest: build
 		-exec "$(VMRUN) -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs --" $(VMPKGS)
 
 lint:
+	$(GO) mod tidy -diff
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "not gofmt'ed: $$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GOBIN)/staticcheck ./...

@@ -360,7 +360,8 @@ volfs_side() { # side flag rep kind jobs...
   mkdir -p "$mnt" "$work/state-$kind"
   volfs_mnts+=("$mnt")
   "$volfs" mount --device "$dev" --state-dir "$work/state-$kind" --log-file "$rawdir/$side-$kind.log" ${flag:+"$flag"} "$mnt"
-  pid=$(cat "/run/volfs/$(printf %s "$mnt" | sha256sum | cut -c1-16).pid" 2>/dev/null) ||
+  # the pid file says "PID START" (start time: a reused pid is not the server)
+  read -r pid _ 2>/dev/null <"/run/volfs/$(printf %s "$mnt" | sha256sum | cut -c1-16).pid" ||
     pid=$(pgrep -n -f -- "--foreground.* $mnt\$") || die "cannot find the volfs server of $mnt"
   live_pids[$pid]=$(cat "/proc/$pid/comm")
   for j in "$@"; do

@@ -35,6 +35,8 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 		e = syscall.EPERM
 	case errors.Is(err, volmap.ErrReadOnly):
 		e = syscall.EROFS
+	case errors.Is(err, volmap.ErrChanged):
+		e = syscall.ESTALE
 	case errors.Is(err, context.Canceled):
 		e = syscall.EINTR
 	case errors.As(err, &e):

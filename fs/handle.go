@@ -186,11 +186,11 @@ func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
 	if n.root.readOnly {
 		mode = os.O_RDONLY
 	}
-	direct, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	direct, err := n.openDeviceFile(ctx, mode|syscall.O_DIRECT|syscall.O_CLOEXEC)
 	if err != nil {
 		return n.root.toErrno("open", n.name, err)
 	}
-	buffered, err := n.root.drv.Open(ctx, n.name, mode|syscall.O_CLOEXEC)
+	buffered, err := n.openDeviceFile(ctx, mode|syscall.O_CLOEXEC)
 	if err != nil {
 		direct.Close()
 		return n.root.toErrno("open", n.name, err)
@@ -311,8 +311,9 @@ func growTarget(devSize, end int64) int64 {
 }
 
 // Flush is close(2) (and also every close of an inherited copy of the fd
-// in a forked child); data and attributes are kept until fsync or release.
-func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
+// in a forked child): the file's volume and size become durable (see
+// flushMetaOnClose); mtime and trimming wait for fsync or release.
+func (h *handle) Flush(ctx context.Context) syscall.Errno { return h.node.flushMetaOnClose(ctx) }
 
 // Fsync flushes the device's cache and persists changed attributes.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {

@@ -509,7 +509,7 @@ func (n *Image) deviceFileLocked(ctx context.Context) (*os.File, func(), syscall
 	if d := n.dev.Load(); d != nil {
 		return d.direct, func() {}, 0
 	}
-	f, err := n.root.drv.Open(ctx, n.name, os.O_RDWR|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	f, err := n.openDeviceFile(ctx, os.O_RDWR|syscall.O_DIRECT|syscall.O_CLOEXEC)
 	if err != nil {
 		return nil, nil, n.root.toErrno("open", n.name, err)
 	}
@@ -535,7 +535,7 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	if a.Equal(n.saved) {
 		return 0
 	}
-	err := n.root.drv.SetAttrs(ctx, n.name, a)
+	err := n.setAttrs(ctx, a)
 	n.changedLocked()
 	if err != nil {
 		return n.root.toErrno("save attributes", n.name, err)

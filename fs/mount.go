@@ -106,12 +106,14 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 	if err := srv.WaitMount(); err != nil {
 		return nil, err
 	}
+	root.startCommitter()
 	return s, nil
 }
 
 // Shutdown persists what is still only in memory (mtime from writes,
 // logical sizes) and closes every device. Call it after the server stopped.
 func (r *Root) Shutdown(ctx context.Context) {
+	r.stopCommitter()
 	r.mu.Lock()
 	nodes := make([]*Image, 0, len(r.nodes)+len(r.pending))
 	for _, n := range r.nodes {

@@ -52,6 +52,9 @@ type Root struct {
 	// go-fuse. A nil value marks a number two images claimed at once:
 	// their requests take go-fuse's path.
 	open sync.Map
+
+	// commit persists the sizes of growing open files (durable.go).
+	commit committer
 }
 
 func (r *Root) registerOpen(n *Image) {
@@ -432,17 +435,24 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		r.mu.Unlock()
 	}
 	var err error
-	detached := false
+	detached, renamed := false, false
 	if tn != nil {
 		// A replaced file that volfs has open (a running VM's disk) keeps
 		// its volume until its last close, as a removed one does; the
 		// volume's name is free at once.
+		if renamed, err = tn.replaceWhileOpen(ctx, name, newName); err != nil {
+			return r.toErrno("rename", name, err)
+		}
+		detached = renamed
 		var errno syscall.Errno
-		if detached, errno = tn.detach(ctx); errno != 0 {
-			return errno
+		if !renamed {
+			if detached, errno = tn.detach(ctx); errno != 0 {
+				return errno
+			}
 		}
 	}
 	switch {
+	case renamed:
 	case !targetExists || detached:
 		err = rn.Rename(ctx, name, newName)
 		if err != nil && detached {

@@ -168,7 +168,7 @@ func TestServerClosesDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fdDir := "/proc/" + strings.TrimSpace(string(pidb)) + "/fd"
+	fdDir := "/proc/" + strings.Fields(string(pidb))[0] + "/fd"
 	count := func() int {
 		ents, err := os.ReadDir(fdDir)
 		if err != nil {
@@ -201,7 +201,11 @@ func pidName(t testing.TB, dir string) string {
 	files, _ := filepath.Glob("/run/volfs/*.pid")
 	for _, f := range files {
 		b, _ := os.ReadFile(f)
-		pid := strings.TrimSpace(string(b))
+		fields := strings.Fields(string(b)) // "PID START"
+		if len(fields) == 0 {
+			continue
+		}
+		pid := fields[0]
 		cmdline, _ := os.ReadFile("/proc/" + pid + "/cmdline")
 		if strings.Contains(string(cmdline), dir) {
 			return filepath.Base(f)

@@ -163,7 +163,10 @@ func killServer(pidFile string) {
 	if err != nil {
 		return
 	}
-	pid := strings.TrimSpace(string(b))
-	_ = exec.Command("kill", "-9", pid).Run()
+	f := strings.Fields(string(b)) // "PID START"
+	if len(f) == 0 {
+		return
+	}
+	_ = exec.Command("kill", "-9", f[0]).Run()
 	_ = os.Remove(pidFile)
 }

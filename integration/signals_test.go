@@ -24,7 +24,10 @@ func TestSIGHUPReopensLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, _ := strconv.Atoi(strings.Fields(string(b) + " 0")[0]) // "PID START"
+	if pid <= 1 {
+		t.Fatalf("pid file %q names no server", b)
+	}
 	rotated := m.log + ".1"
 	if err := os.Rename(m.log, rotated); err != nil {
 		t.Fatal(err)

@@ -21,11 +21,19 @@ type FileStore struct {
 }
 
 // NewFileStore returns a store rooted at dir, creating it (0700) if needed.
+// The directory and its parents must be safe (see checkSafe): whoever can
+// write there can give themselves any device. Temporary files that a
+// server killed in the middle of a Save left behind are removed.
 func NewFileStore(dir string) (*FileStore, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory %s: %w", dir, err)
 	}
-	return &FileStore{dir: dir}, nil
+	if err := checkSafe(dir); err != nil {
+		return nil, err
+	}
+	s := &FileStore{dir: dir}
+	s.removeLeftovers()
+	return s, nil
 }
 
 // Dir is the directory the store writes to.
@@ -69,7 +77,7 @@ func (s *FileStore) Save(id string, a Attrs) error {
 		return err
 	}
 	final := s.path(id)
-	tmp, err := os.CreateTemp(s.dir, ".tmp-*")
+	tmp, err := os.CreateTemp(s.dir, tmpPrefix+tmpOwner+"-*")
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package meta
 
 import (
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -24,5 +26,62 @@ func TestFileStore(t *testing.T) {
 	ents, _ := os.ReadDir(s.Dir())
 	if len(ents) != 1 {
 		t.Fatalf("store left %d files, want 1", len(ents))
+	}
+}
+
+func TestFileStoreRemovesLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	live := filepath.Join(dir, tmpPrefix+tmpOwner+"-123") // this process is saving
+	for _, p := range []string{filepath.Join(dir, ".tmp-4711"), filepath.Join(dir, ".tmp-1-1-99"), live} {
+		if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := NewFileStore(dir); err != nil {
+		t.Fatal(err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 || ents[0].Name() != filepath.Base(live) {
+		t.Fatalf("left %v, want only the live process's %s", ents, filepath.Base(live))
+	}
+}
+
+func TestFileStoreRefusesUnsafeDirs(t *testing.T) {
+	base := t.TempDir() // under /tmp: world-writable, sticky, accepted
+	open := filepath.Join(base, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	inside := filepath.Join(open, "state")
+	for _, c := range []struct{ dir, want string }{
+		{open, open + " is writable by group or others (mode 0777)"},
+		{inside, "its parent " + open + " is writable by group or others"},
+	} {
+		if _, err := NewFileStore(c.dir); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("NewFileStore(%s) = %v, want %q", c.dir, err, c.want)
+		}
+	}
+	if os.Geteuid() == 0 {
+		mine := filepath.Join(base, "nobody")
+		if err := os.Mkdir(mine, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(mine, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewFileStore(mine); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("a state directory owned by nobody: %v", err)
+		}
+	}
+	safe := filepath.Join(base, "safe")
+	s, err := NewFileStore(safe)
+	if err != nil {
+		t.Fatalf("a new state directory under %s: %v", base, err)
+	}
+	if st, _ := os.Stat(s.Dir()); st.Mode().Perm() != 0o700 {
+		t.Errorf("created %s with mode %o, want 0700", safe, st.Mode().Perm())
 	}
 }

@@ -93,6 +93,15 @@ type Detacher interface {
 	Purge(ctx context.Context, token string) error
 }
 
+// DetachReplacer renames a volume over one that volfs has open, in one
+// step that a crash cannot leave half done: the replaced volume is
+// detached (as Detach does; the token is for Purge at its last close)
+// instead of removed. It fails with ErrInUse when something outside this
+// process holds the replaced volume.
+type DetachReplacer interface {
+	ReplaceDetach(ctx context.Context, oldName, newName string) (token string, err error)
+}
+
 // NameChecker validates a file name before anything is created under it,
 // so a bad name fails at open(O_CREAT) and not at the first write.
 type NameChecker interface {

@@ -18,7 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	volfs "github.com/volfs/volfs/fs"
-	"github.com/volfs/volfs/internal/mountinfo"
+	"github.com/volfs/volfs/internal/lock"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/blockdev"
 )
@@ -38,6 +38,12 @@ type mountCmd struct {
 	ioURing    bool
 	cpuProfile string
 	poolLimit  float64
+
+	holder lock.Holder // this server, as its locks name it
+	// locks are held until the process exits (dropped, they would be
+	// closed by the garbage collector, releasing them). Appended to by
+	// the driver's scans, which it serializes.
+	locks []*lock.Lock
 }
 
 const readyFdEnv = "VOLFS_READY_FD"
@@ -101,10 +107,15 @@ func (c *mountCmd) run(mountpoint string) error {
 	if err != nil {
 		return err
 	}
+	hidden := firstEntry(mnt)
 	if !c.foreground {
-		return c.spawn(mnt)
+		if err := c.spawn(mnt); err != nil {
+			return err
+		}
+		warnHidden(mnt, hidden)
+		return nil
 	}
-	return c.serve(mnt)
+	return c.serve(mnt, hidden)
 }
 
 // checkMountpoint catches what would otherwise fail deep in mount(2) with
@@ -120,10 +131,16 @@ func checkMountpoint(mountpoint string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Before any stat: a stat of a wedged mount would never return.
+	if err := notMounted(abs); err != nil {
+		return "", err
+	}
 	st, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return "", fmt.Errorf("mountpoint %s does not exist: create it with mkdir -p %s", abs, abs)
+	case errors.Is(err, syscall.ENOTCONN):
+		return "", fmt.Errorf("mountpoint %s is a FUSE mount whose server has died: run 'volfs umount %s' (add --force if that fails) first", abs, abs)
 	case err != nil:
 		return "", fmt.Errorf("mountpoint %s: %w", abs, err)
 	case !st.IsDir():
@@ -132,8 +149,8 @@ func checkMountpoint(mountpoint string) (string, error) {
 	if real, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = real
 	}
-	if mounted, fstype := mountinfo.MountPoint(abs); mounted {
-		return "", fmt.Errorf("%s is already a mount point (%s): unmount it first", abs, fstype)
+	if err := notMounted(abs); err != nil {
+		return "", err
 	}
 	return abs, nil
 }
@@ -182,7 +199,7 @@ func (c *mountCmd) spawn(mnt string) error {
 
 // serve mounts and serves until unmounted. Errors before the mount is ready
 // go to the waiting parent (or the terminal) as one line.
-func (c *mountCmd) serve(mnt string) (err error) {
+func (c *mountCmd) serve(mnt, hidden string) (err error) {
 	var ready *os.File
 	if os.Getenv(readyFdEnv) == "3" {
 		ready = os.NewFile(3, "ready")
@@ -216,6 +233,12 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		runtime.GOMAXPROCS(procs)
 	}
 	ctx := context.Background()
+	holder, err := c.lockVG(mnt)
+	if err != nil {
+		return err
+	}
+	c.holder = holder
+	defer c.releaseLocks()
 	drv, err := c.driver(ctx, log)
 	if err != nil {
 		return err
@@ -236,10 +259,11 @@ func (c *mountCmd) serve(mnt string) (err error) {
 	} else {
 		defer ctl.Close()
 	}
-	pidFile := pidPath(mnt)
-	_ = os.MkdirAll(filepath.Dir(pidFile), 0o755)
-	_ = os.WriteFile(pidFile, fmt.Appendf(nil, "%d\n", os.Getpid()), 0o644)
-	defer os.Remove(pidFile)
+	if removePid, err := writePidFile(mnt); err != nil {
+		log.Warn("no pid file: volfs umount will not wait for this server", slog.Any("err", err))
+	} else {
+		defer removePid()
+	}
 
 	go handleSignals(sigs, srv, mnt, log, logw)
 	if c.cpuProfile != "" {
@@ -250,6 +274,9 @@ func (c *mountCmd) serve(mnt string) (err error) {
 		}
 	}
 	log.Info("serving", slog.String("version", version), slog.Bool("read_only", c.readOnly))
+	if hidden != "" {
+		log.Warn("mount point is not empty: its files are hidden while mounted", slog.String("first", hidden))
+	}
 	if ready != nil {
 		fmt.Fprint(ready, "ok")
 		ready.Close()
@@ -267,7 +294,7 @@ func (c *mountCmd) driver(ctx context.Context, log *slog.Logger) (volmap.Driver,
 	if c.vg != "" {
 		return newLVMDriver(ctx, c, log)
 	}
-	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log})
+	return blockdev.New(blockdev.Config{Globs: c.devices, StateDir: c.stateDir, Log: log, Claim: c.claimDevice})
 }
 
 // startCPUProfile profiles the server, for `make bench` investigations.

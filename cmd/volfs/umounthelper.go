@@ -68,7 +68,7 @@ func (h *umountHelper) run(dir string) error {
 	case h.force:
 		return unmountFlags(dir, syscall.MNT_FORCE)
 	}
-	return umount(dir, time.Minute)
+	return (&umountCmd{timeout: time.Minute}).run(dir)
 }
 
 func unmountFlags(dir string, flags int) error {

@@ -22,3 +22,17 @@ func TestMountPoint(t *testing.T) {
 		t.Error("a fresh temporary directory is a mount point")
 	}
 }
+
+func TestParse(t *testing.T) {
+	m, ok := parse(`612 29 0:93 / /tmp/a\040b rw,nosuid,nodev,relatime shared:321 - fuse.volfs volfs rw,user_id=0,group_id=0,default_permissions,allow_other`)
+	want := Mount{Dir: "/tmp/a b", FSType: "fuse.volfs", Source: "volfs", Major: 0, Minor: 93}
+	if !ok || m != want {
+		t.Fatalf("parse = %+v %v, want %+v", m, ok, want)
+	}
+	if _, ok := parse("garbage"); ok {
+		t.Fatal("parsed garbage")
+	}
+	if m, ok := Find("/proc"); !ok || m.FSType != "proc" {
+		t.Errorf("Find(/proc) = %+v %v", m, ok)
+	}
+}

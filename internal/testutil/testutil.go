@@ -105,3 +105,15 @@ func MountsUnder(prefix string) []string {
 	}
 	return out
 }
+
+// ScratchDir makes a directory in /dev/shm (tmpfs: sparse files there cost
+// no disk) that is removed when the test ends.
+func ScratchDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", ScratchPrefix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}

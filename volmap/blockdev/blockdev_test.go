@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/volfs/volfs/internal/testutil"
 	"github.com/volfs/volfs/volmap/volmaptest"
 )
@@ -38,6 +40,7 @@ func TestNoMatchIsAnError(t *testing.T) {
 }
 
 func TestIdentity(t *testing.T) {
+	testutil.RequireRoot(t) // mknod
 	sys := t.TempDir()
 	mk := func(p, content string) {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(sys, p)), 0o755); err != nil {
@@ -47,23 +50,25 @@ func TestIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mk("sys/block/loop7/loop/backing_file", "/srv/img/web.raw\n")
-	mk("sys/block/loop7/loop/offset", "0\n")
-	mk("dev/sdb", "")
+	mk("sys/dev/block/7:7/loop/backing_file", "/srv/img/web.raw\n")
+	mk("sys/dev/block/7:7/loop/offset", "0\n")
 	if err := os.MkdirAll(filepath.Join(sys, "dev/disk/by-id"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mknod(filepath.Join(sys, "dev/sdb"), unix.S_IFBLK|0o600, int(unix.Mkdev(8, 16))); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Symlink("../../sdb", filepath.Join(sys, "dev/disk/by-id/wwn-0x5000")); err != nil {
 		t.Fatal(err)
 	}
 	d := &Driver{cfg: Config{SysRoot: sys}}
-	for path, want := range map[string]string{
-		"/dev/loop7":  "loop:/srv/img/web.raw@0",
-		"/dev/sdb":    "by-id:wwn-0x5000",
-		"/dev/zd1234": "path:/dev/zd1234",
+	for rdev, want := range map[uint64]string{
+		unix.Mkdev(7, 7):     "loop:/srv/img/web.raw@0",
+		unix.Mkdev(8, 16):    "by-id:wwn-0x5000",
+		unix.Mkdev(230, 123): "dev:230:123", // a zvol: never the path a user may re-point
 	} {
-		if got := d.identity(path); got != want {
-			t.Errorf("identity(%s) = %q, want %q", path, got, want)
+		if got := d.identity(rdev); got != want {
+			t.Errorf("identity(%s) = %q, want %q", devno(rdev), got, want)
 		}
 	}
 }

@@ -92,13 +92,14 @@ type Driver struct {
 }
 
 var (
-	_ volmap.Driver        = (*Driver)(nil)
-	_ volmap.Creator       = (*Driver)(nil)
-	_ volmap.Remover       = (*Driver)(nil)
-	_ volmap.Renamer       = (*Driver)(nil)
-	_ volmap.Resizer       = (*Driver)(nil)
-	_ volmap.SpaceReporter = (*Driver)(nil)
-	_ volmap.Detacher      = (*Driver)(nil)
+	_ volmap.Driver         = (*Driver)(nil)
+	_ volmap.Creator        = (*Driver)(nil)
+	_ volmap.Remover        = (*Driver)(nil)
+	_ volmap.Renamer        = (*Driver)(nil)
+	_ volmap.Resizer        = (*Driver)(nil)
+	_ volmap.SpaceReporter  = (*Driver)(nil)
+	_ volmap.Detacher       = (*Driver)(nil)
+	_ volmap.DetachReplacer = (*Driver)(nil)
 )
 
 // listing is one lvs run: every LV of the VG (files or not) by LVM name.
@@ -175,9 +176,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
 		}
 	}
-	asidePrefix, _ := volmap.HiddenName(asideLabel)
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
+		if _, renaming := intentOf(l.lvs[name]); renaming {
+			continue // the target of a rename over an open file (recoverReplaces)
+		}
 		if strings.HasPrefix(name, deletedPrefix) && slices.Contains(l.lvs[name].Tags, d.tag) {
 			// A file removed while open, whose server stopped before
 			// the last close: the removal completes now.
@@ -186,13 +189,10 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 				d.log.Warn("could not remove the LV of a deleted file; remove it with lvremove",
 					slog.String("lv", name), slog.Any("err", err))
 			}
-			continue
 		}
-		if strings.HasPrefix(name, asidePrefix) {
-			d.log.Warn("LV left by an interrupted rename over an existing file: it is either the "+
-				"replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
-				slog.String("lv", name), slog.Any("tags", l.lvs[name].Tags))
-		}
+	}
+	if d.recoverReplaces(ctx, l) {
+		d.invalidate()
 	}
 	return d, nil
 }

@@ -145,8 +145,11 @@ func findHolders(dev string, self bool) ([]string, error) {
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, bf := range loops {
 		b, err := os.ReadFile(bf)
+		backing := strings.TrimSpace(string(b))
+		// Only backing paths under /dev can be dev (losetup resolves
+		// symlinks); a stat elsewhere could hang on a dead FUSE mount.
 		var lst unix.Stat_t
-		if err == nil && unix.Stat(strings.TrimSpace(string(b)), &lst) == nil &&
+		if err == nil && strings.HasPrefix(backing, "/dev/") && unix.Stat(backing, &lst) == nil &&
 			lst.Mode&unix.S_IFMT == unix.S_IFBLK && lst.Rdev == rdev {
 			who = append(who, "backs loop device "+filepath.Base(filepath.Dir(filepath.Dir(bf))))
 		}

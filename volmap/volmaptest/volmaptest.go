@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"os"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -34,7 +35,7 @@ func Run(t *testing.T, d volmap.Driver, o Options) {
 	ctx := context.Background()
 	if o.NewName == nil {
 		n := 0
-		o.NewName = func() string { n++; return "volmaptest-" + string(rune('a'+n)) }
+		o.NewName = func() string { n++; return "volmaptest-" + strconv.Itoa(n) }
 	}
 	names := append([]string(nil), o.Existing...)
 	if cr, ok := d.(volmap.Creator); ok {
@@ -62,6 +63,31 @@ func Run(t *testing.T, d volmap.Driver, o Options) {
 	t.Run("Attrs", func(t *testing.T) { testAttrs(t, ctx, d, names[0]) })
 	if _, ok := d.(volmap.Creator); ok {
 		t.Run("Lifecycle", func(t *testing.T) { testLifecycle(t, ctx, d, o.NewName) })
+	}
+	s := &suite{d: d, ctx: ctx, newName: o.NewName, existing: names[0]}
+	for _, c := range []struct {
+		name  string
+		needs []capability
+		test  func(*testing.T)
+	}{
+		{"Names", []capability{checker, creator, remover}, s.testNames},
+		{"Space", []capability{space}, s.testSpace},
+		{"Resize", []capability{creator, resizer}, s.testResize},
+		{"RemoveInUse", []capability{creator, remover}, s.testRemoveInUse},
+		{"Replace", []capability{creator, replacer}, s.testReplace},
+		{"ReplaceInUse", []capability{creator, replacer}, s.testReplaceInUse},
+		{"Detach", []capability{creator, remover, detacher}, s.testDetach},
+		{"Zero", []capability{zeroer}, s.testZero},
+		{"Flush", []capability{flusher}, s.testFlush},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, need := range c.needs {
+				if !need.has(d) {
+					t.Skipf("the driver is no %s", need.name)
+				}
+			}
+			c.test(t)
+		})
 	}
 }
 

@@ -1,0 +1,28 @@
+package fs
+
+import (
+	"context"
+	"os"
+
+	"github.com/volfs/volfs/meta"
+	"github.com/volfs/volfs/volmap"
+)
+
+// openDeviceFile opens the node's volume. Where a name can come to mean
+// another volume (volmap.Binder: a re-pointed --device symlink), the open is
+// bound to the volume the node was listed as: the node's mode and owner were
+// given to that device, never to whatever the name reaches now.
+func (n *Image) openDeviceFile(ctx context.Context, flag int) (*os.File, error) {
+	if b, ok := n.root.drv.(volmap.Binder); ok && n.vol.ID != "" {
+		return b.OpenBound(ctx, n.name, n.vol.ID, flag)
+	}
+	return n.root.drv.Open(ctx, n.name, flag)
+}
+
+// setAttrs persists attributes, bound like openDeviceFile.
+func (n *Image) setAttrs(ctx context.Context, a meta.Attrs) error {
+	if b, ok := n.root.drv.(volmap.Binder); ok && n.vol.ID != "" {
+		return b.SetAttrsBound(ctx, n.name, n.vol.ID, a)
+	}
+	return n.root.drv.SetAttrs(ctx, n.name, a)
+}

@@ -1,0 +1,58 @@
+package mountinfo
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// Mount is one line of /proc/self/mountinfo.
+type Mount struct {
+	Dir    string // mount point
+	FSType string // "fuse.volfs"
+	Source string
+	// Major, Minor are the st_dev of files in the mount; for FUSE, the
+	// connection's number in /sys/fs/fuse/connections.
+	Major, Minor uint32
+}
+
+// Find returns the mount on top of dir, reading only /proc/self/mountinfo:
+// it never touches dir itself, which may be a wedged FUSE mount whose stat
+// would never return.
+func Find(dir string) (Mount, bool) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return Mount{}, false
+	}
+	defer f.Close()
+	var found Mount
+	ok := false
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		m, valid := parse(s.Text())
+		if valid && m.Dir == dir {
+			found, ok = m, true // later lines are mounted on top
+		}
+	}
+	return found, ok
+}
+
+func parse(line string) (Mount, bool) {
+	fields := strings.Fields(line)
+	if len(fields) < 10 {
+		return Mount{}, false
+	}
+	m := Mount{Dir: Unescape(fields[4])}
+	if _, err := fmt.Sscanf(fields[2], "%d:%d", &m.Major, &m.Minor); err != nil {
+		return Mount{}, false
+	}
+	for i, fl := range fields {
+		if fl == "-" && i+2 < len(fields) {
+			m.FSType, m.Source = fields[i+1], Unescape(fields[i+2])
+			return m, true
+		}
+	}
+	return Mount{}, false
+}

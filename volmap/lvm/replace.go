@@ -1,0 +1,318 @@
+package lvm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/volfs/volfs/volmap"
+)
+
+// replaceTag is the intent a Replace writes on the target LV before it
+// moves it aside: "volfs-replace=SRCUUID:BOOTID:PID:TARGET". It names the
+// source LV (by UUID, which survives renames), the process doing the
+// replace (so that a mount started while another server is renaming does
+// not undo its work) and the target's LV name (LV names have no ':').
+// It is outside meta's "volfs." namespace: attribute decoding and
+// SetAttrs never see or drop it.
+const replaceTag = "volfs-replace="
+
+// replaceIntent is a decoded replaceTag.
+type replaceIntent struct {
+	tag     string // the tag itself, to delete it
+	srcUUID string
+	bootID  string
+	pid     int
+	target  string // the target's LV name
+}
+
+func (ri replaceIntent) encode() string {
+	return replaceTag + ri.srcUUID + ":" + ri.bootID + ":" + strconv.Itoa(ri.pid) + ":" + ri.target
+}
+
+// intentOf returns the replace intent recorded on lv, if any.
+func intentOf(lv LV) (replaceIntent, bool) {
+	for _, t := range lv.Tags {
+		v, ok := strings.CutPrefix(t, replaceTag)
+		if !ok {
+			continue
+		}
+		f := strings.SplitN(v, ":", 4)
+		if len(f) != 4 || f[0] == "" || f[3] == "" {
+			continue
+		}
+		pid, err := strconv.Atoi(f[2])
+		if err != nil {
+			continue
+		}
+		return replaceIntent{tag: t, srcUUID: f[0], bootID: f[1], pid: pid, target: f[3]}, true
+	}
+	return replaceIntent{}, false
+}
+
+// bootID identifies this boot of this machine (empty if unknown).
+func bootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// processAlive reports whether pid runs and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z'
+}
+
+// Replace renames oldName to newName, replacing the file newName if it
+// exists (rename(2) over an existing file). lvrename cannot overwrite, so:
+//
+//  1. the target LV gets a replaceTag naming the source LV's UUID and the
+//     target's name (the intent);
+//  2. the target LV is renamed aside, to a hidden name (volmap.HiddenName:
+//     "+2Fvolfs-aside-XXXXXXXX", never shown as a file);
+//  3. oldName's LV is renamed to newName;
+//  4. the aside LV is removed.
+//
+// Every step is one LVM metadata commit, durable when the command returns.
+// A failed step undoes the earlier ones, so a failed Replace leaves both
+// files as they were. A crash at any point is finished or undone by the
+// next New (recoverReplace): before step 3 completed, the target goes back
+// to its name (old names, old data); after, the aside LV is removed (the
+// rename took effect). The rename is atomic as rename(2) on ext4 is: after
+// a crash, newName is the old or the new file, never missing.
+func (d *Driver) Replace(ctx context.Context, oldName, newName string) error {
+	_, err := d.replace(ctx, oldName, newName, false)
+	return err
+}
+
+// ReplaceDetach is Replace over a target that this process has open: the
+// target is renamed to a hidden "+2Fvolfs-deleted-…" name (as Detach
+// does) instead of aside, and is not removed: the token is that name, for
+// Purge at the last close. Step 4 removes the intent instead, so that a
+// crash later (the file still open) purges the detached LV whatever
+// became of the name since. It fails with ErrInUse, changing nothing,
+// when a process outside volfs holds the target (it could not be purged).
+func (d *Driver) ReplaceDetach(ctx context.Context, oldName, newName string) (string, error) {
+	return d.replace(ctx, oldName, newName, true)
+}
+
+func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bool) (string, error) {
+	dstLV, err := d.newLVName(newName)
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	src, err := d.file(ctx, oldName)
+	if err != nil {
+		return "", err
+	}
+	l, err := d.listing(ctx)
+	if err != nil {
+		return "", err
+	}
+	dst, exists := l.lvs[dstLV]
+	if !exists {
+		return "", d.rename(ctx, src.Name, dstLV)
+	}
+	if _, ok := d.fileName(dst); !ok {
+		return "", fmt.Errorf("replace %s: LV %s/%s exists and is not a file of this mount: %w",
+			newName, d.cfg.VG, dstLV, volmap.ErrExists)
+	}
+	if dst.UUID == src.UUID {
+		return "", nil
+	}
+	label, rnd := asideLabel, make([]byte, 4)
+	if detach {
+		label, rnd = deletedLabel, make([]byte, 8)
+		if who := otherHolders(d.devPath(dst.Name)); len(who) > 0 {
+			return "", fmt.Errorf("replace %s (%s/%s): the volume is open outside volfs: %s: %w",
+				newName, d.cfg.VG, dst.Name, strings.Join(who, "; "), volmap.ErrInUse)
+		}
+	}
+	_, _ = rand.Read(rnd)
+	aside, err := volmap.HiddenName(label + hex.EncodeToString(rnd))
+	if err == nil {
+		err = volmap.CheckDMName(d.cfg.VG, aside)
+	}
+	if err != nil {
+		return "", fmt.Errorf("replace %s: temporary name: %w", newName, err)
+	}
+	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+
+	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), pid: os.Getpid(), target: dst.Name}
+	intent.tag = intent.encode()
+	if _, err := d.lvm.Run(ctx, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
+		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
+			d.dropIntent(undoCtx, dst.Name, intent.tag))
+	}
+	if err := d.rename(ctx, dst.Name, aside); err != nil {
+		return "", errors.Join(fmt.Errorf("replace %s: move target aside: %w", newName, err),
+			d.dropIntent(undoCtx, dst.Name, intent.tag))
+	}
+	if err := d.rename(ctx, src.Name, dst.Name); err != nil {
+		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
+			d.undoStep(undoCtx, aside, dst.Name), d.dropIntent(undoCtx, dst.Name, intent.tag))
+	}
+	if detach {
+		// The rename took effect; the detached LV must no longer
+		// look like the target of an unfinished one.
+		if _, err := d.lvm.Run(ctx, "lvchange", "--deltag", intent.tag, d.cfg.VG+"/"+aside); err != nil {
+			d.log.Warn("could not remove the record of a finished rename from the replaced LV; it is removed "+
+				"with the LV at its last close", slog.String("lv", aside), slog.Any("err", err))
+		}
+		return aside, nil
+	}
+	if err := d.remove(ctx, newName+" (replaced)", aside); err != nil {
+		return "", errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
+			d.undoStep(undoCtx, dst.Name, src.Name), d.undoStep(undoCtx, aside, dst.Name),
+			d.dropIntent(undoCtx, dst.Name, intent.tag))
+	}
+	return "", nil
+}
+
+// undoStep renames back during a rollback, logging what it cannot undo.
+func (d *Driver) undoStep(ctx context.Context, from, to string) error {
+	if err := d.rename(ctx, from, to); err != nil {
+		d.log.Error("rollback failed: an LV keeps a temporary name", slog.String("lv", from),
+			slog.String("should_be", to), slog.Any("err", err))
+		return fmt.Errorf("rollback: %w", err)
+	}
+	return nil
+}
+
+// dropIntent removes a replaceTag from an LV whose replace was undone. A
+// tag left behind (the command failed) is harmless: the next New removes
+// it from an LV that is not aside.
+func (d *Driver) dropIntent(ctx context.Context, lvName, tag string) error {
+	if _, err := d.lvm.Run(ctx, "lvchange", "--deltag", tag, d.cfg.VG+"/"+lvName); err != nil {
+		if errors.Is(err, volmap.ErrNotFound) {
+			return nil
+		}
+		d.log.Warn("could not remove the record of an undone rename; the next mount removes it",
+			slog.String("lv", lvName), slog.String("tag", tag), slog.Any("err", err))
+	}
+	return nil
+}
+
+// recoveryAction is what recoverReplace does with one LV.
+type recoveryAction int
+
+const (
+	recoverNone    recoveryAction = iota // not a replace leftover
+	recoverDropTag                       // an intent on an LV never moved aside (or already moved back): delete the tag
+	recoverUndo                          // source not renamed yet: rename the aside LV back to the target name, delete the tag
+	recoverFinish                        // source has the target name: remove the aside LV
+	recoverWait                          // the process that wrote the intent still runs
+	recoverStuck                         // the target name is held by an LV that is not the source: leave it, tell the operator
+	recoverUnknown                       // an aside LV without an intent (older volfs): leave it, tell the operator
+)
+
+func (a recoveryAction) String() string {
+	return [...]string{"none", "drop-tag", "undo", "finish", "wait", "stuck", "unknown"}[a]
+}
+
+// planRecovery decides what to do with lv after a replace that may have
+// been interrupted, from a listing of the whole VG. boot is this machine's
+// boot ID; alive tells whether a pid of this boot runs.
+func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(int) bool) (recoveryAction, replaceIntent) {
+	asidePrefix, _ := volmap.HiddenName(asideLabel)
+	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
+	isAside := strings.HasPrefix(lv.Name, asidePrefix) || strings.HasPrefix(lv.Name, deletedPrefix)
+	ri, ok := intentOf(lv)
+	switch {
+	case !ok && strings.HasPrefix(lv.Name, asidePrefix):
+		return recoverUnknown, ri
+	case !ok:
+		return recoverNone, ri
+	case ri.bootID != "" && ri.bootID == boot && ri.pid != os.Getpid() && alive(ri.pid):
+		return recoverWait, ri
+	case !isAside:
+		return recoverDropTag, ri
+	}
+	holder, taken := lvs[ri.target]
+	switch {
+	case !taken:
+		return recoverUndo, ri
+	case holder.UUID == ri.srcUUID:
+		return recoverFinish, ri
+	default:
+		return recoverStuck, ri
+	}
+}
+
+// recoverReplaces finishes or undoes the replaces that a crash interrupted
+// (see Replace), logging what it did. Runs in New, before the mount serves.
+// It reports whether it changed anything.
+func (d *Driver) recoverReplaces(ctx context.Context, l *listing) bool {
+	boot := bootID()
+	changed := false
+	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
+		lv := l.lvs[name]
+		action, ri := d.planRecovery(l.lvs, lv, boot, processAlive)
+		log := d.log.With(slog.String("lv", name), slog.String("action", action.String()))
+		switch action {
+		case recoverNone:
+			continue
+		case recoverUnknown:
+			log.Warn("LV left by an interrupted rename over an existing file, without a record of the rename: it is "+
+				"either the replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
+				slog.Any("tags", lv.Tags))
+			continue
+		case recoverWait:
+			log.Warn("a rename over an existing file is in progress in another volfs process; leaving it alone",
+				slog.Int("pid", ri.pid), slog.String("target", ri.target))
+			continue
+		case recoverStuck:
+			log.Error("interrupted rename over an existing file cannot be undone: the target name is taken by "+
+				"another LV; rename or remove one of them with lvrename/lvremove",
+				slog.String("target", ri.target), slog.String("target_uuid", l.lvs[ri.target].UUID),
+				slog.String("source_uuid", ri.srcUUID))
+			continue
+		}
+		changed = true
+		var err error
+		switch action {
+		case recoverDropTag:
+			_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+name)
+			if err == nil {
+				log.Info("a rename over this file was interrupted before it changed anything; removed its record")
+			}
+		case recoverUndo:
+			if err = d.rename(ctx, name, ri.target); err == nil {
+				_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+ri.target)
+			}
+			if err == nil {
+				log.Info("undid a rename over an existing file interrupted before the source took the name: "+
+					"the replaced file is back", slog.String("target", ri.target))
+			}
+		case recoverFinish:
+			if err = d.remove(ctx, ri.target+" (replaced)", name); err == nil {
+				log.Info("finished a rename over an existing file interrupted after the source took the name: "+
+					"removed the replaced file's LV", slog.String("target", ri.target))
+			}
+		}
+		if err != nil {
+			log.Error("could not recover an interrupted rename over an existing file; volfs retries at its next "+
+				"start", slog.String("target", ri.target), slog.Any("err", err))
+		}
+	}
+	return changed
+}

@@ -1,0 +1,75 @@
+package lvm
+
+import (
+	"log/slog"
+	"testing"
+)
+
+// What the next mount does with every state a crashed Replace("a", "b")
+// can leave (the LVs as lvs lists them after each step), and with states
+// that are not its own.
+func TestPlanRecovery(t *testing.T) {
+	d := &Driver{cfg: Config{VG: "vg0"}, log: slog.New(slog.DiscardHandler)}
+	const boot = "6b0f6c35-0cbe-4f2b-9d67-0a3e5c4f1e11"
+	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, pid: 4242, target: "b"}
+	tag := intent.encode()
+	aside := "+2Fvolfs-aside-0a1b2c3d"
+	src := LV{Name: "a", UUID: "SRC-uuid", Tags: []string{"volfs"}}
+	dst := LV{Name: "b", UUID: "DST-uuid", Tags: []string{"volfs", "volfs.mode=0644"}}
+	tagged := func(lv LV, name string, tags ...string) LV {
+		lv.Name = name
+		lv.Tags = append(append([]string(nil), lv.Tags...), tags...)
+		return lv
+	}
+	vg := func(lvs ...LV) map[string]LV {
+		m := map[string]LV{}
+		for _, lv := range lvs {
+			m[lv.Name] = lv
+		}
+		return m
+	}
+	dead := func(int) bool { return false }
+	alive := func(pid int) bool { return pid == 4242 }
+	for _, tc := range []struct {
+		what  string
+		lvs   map[string]LV
+		check string // the LV planned for
+		boot  string
+		alive func(int) bool
+		want  recoveryAction
+	}{
+		{"before step 1: nothing to do", vg(src, dst), "b", boot, dead, recoverNone},
+		{"after step 1 (intent on b, not moved)", vg(src, tagged(dst, "b", tag)), "b", boot, dead, recoverDropTag},
+		{"after step 2 (b aside, a not renamed)", vg(src, tagged(dst, aside, tag)), aside, boot, dead, recoverUndo},
+		{"after step 3 (a took the name b)", vg(tagged(src, "b"), tagged(dst, aside, tag)), aside, boot, dead, recoverFinish},
+		{"undo interrupted between rename back and deltag", vg(src, tagged(dst, "b", tag)), "b", boot, dead, recoverDropTag},
+		{"the replacing server still runs", vg(src, tagged(dst, aside, tag)), aside, boot, alive, recoverWait},
+		{"same pid after a reboot: not the same process", vg(src, tagged(dst, aside, tag)), aside, "other-boot", alive, recoverUndo},
+		{"name b taken by another LV since", vg(src, LV{Name: "b", UUID: "OTHER"}, tagged(dst, aside, tag)), aside, boot, dead, recoverStuck},
+		{"open target detached, a not renamed", vg(src, tagged(dst, "+2Fvolfs-deleted-0011223344556677", tag)), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverUndo},
+		{"open target detached, a took the name", vg(tagged(src, "b"), tagged(dst, "+2Fvolfs-deleted-0011223344556677", tag)), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverFinish},
+		{"file removed while open: purged, not a rename", vg(src, tagged(dst, "+2Fvolfs-deleted-0011223344556677")), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverNone},
+		{"aside LV of an older volfs, no intent", vg(src, tagged(dst, aside)), aside, boot, dead, recoverUnknown},
+		{"malformed intent is no intent", vg(src, tagged(dst, "b", "volfs-replace=x")), "b", boot, dead, recoverNone},
+	} {
+		got, ri := d.planRecovery(tc.lvs, tc.lvs[tc.check], tc.boot, tc.alive)
+		if got != tc.want {
+			t.Errorf("%s: plan %v, want %v", tc.what, got, tc.want)
+		}
+		if got != recoverNone && got != recoverUnknown && ri != (replaceIntent{tag: tag, srcUUID: "SRC-uuid", bootID: boot, pid: 4242, target: "b"}) {
+			t.Errorf("%s: intent %+v", tc.what, ri)
+		}
+	}
+}
+
+func TestIntentRoundTrip(t *testing.T) {
+	ri := replaceIntent{srcUUID: "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia", bootID: "b-1", pid: 7, target: "web+20disk"}
+	ri.tag = ri.encode()
+	if err := checkTag(ri.tag); err != nil {
+		t.Fatalf("intent %q is not a valid LVM tag: %v", ri.tag, err)
+	}
+	got, ok := intentOf(LV{Tags: []string{"volfs", "volfs.size=1", ri.tag}})
+	if !ok || got != ri {
+		t.Fatalf("intentOf = %+v, %v; want %+v", got, ok, ri)
+	}
+}
