@@ -156,6 +156,9 @@ func (r *Root) forget(n *Image) {
 
 // Lookup finds a volume (or a file created but not yet backed) by name.
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if reservedName(name) {
+		return r.lookupSnapshotDir(ctx, out)
+	}
 	r.mu.Lock()
 	p := r.pending[name]
 	r.mu.Unlock()
@@ -275,6 +278,9 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if r.readOnly {
 		return nil, nil, 0, syscall.EROFS
 	}
+	if reservedName(name) {
+		return nil, nil, 0, syscall.EEXIST
+	}
 	if _, ok := r.drv.(volmap.Creator); !ok {
 		r.log.Warn("create refused: this driver exposes existing devices and cannot create volumes",
 			slog.String("volume", name))
@@ -346,6 +352,9 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 	if err != nil {
 		return r.toErrno("unlink", name, err)
 	}
+	if errno := r.refuseIfSnapshots(ctx, "remove", v); errno != 0 {
+		return errno
+	}
 	r.mu.Lock()
 	n := r.nodes[inoOf(v.Identity())]
 	r.mu.Unlock()
@@ -386,6 +395,9 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if name == newName {
 		return 0
 	}
+	if reservedName(name) || reservedName(newName) {
+		return syscall.EPERM
+	}
 	if v, ok := r.drv.(volmap.NameChecker); ok {
 		if err := v.CheckName(newName); err != nil {
 			return r.toErrno("rename", newName, err)
@@ -398,6 +410,11 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	targetExists := lerr == nil
 	if (targetExists || tp != nil) && flags&unixRenameNoReplace != 0 {
 		return syscall.EEXIST
+	}
+	if targetExists {
+		if errno := r.refuseIfSnapshots(ctx, "rename over", target); errno != 0 {
+			return errno
+		}
 	}
 	if p != nil && !targetExists {
 		// Both names are only in memory.

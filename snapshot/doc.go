@@ -1,5 +1,10 @@
-// Package snapshot will hold volfs's snapshots and clones: their naming,
-// create/list/delete/rollback, and cloning a file by a thin snapshot or by
-// a copy that skips zero blocks. Nothing is implemented yet; the FUSE layer
-// and the drivers must not grow snapshot logic of their own meanwhile.
+// Package snapshot is what the volfs CLI and server share about snapshots
+// and clones: the control operations and their arguments and results, and
+// how a path names an image or a snapshot (MOUNT/IMAGE,
+// MOUNT/.snapshots/IMAGE/NAME).
+//
+// The work itself is done by the server (fs.Root's CreateSnapshot,
+// Rollback, Clone..., which flush volfs's own writes first) on a driver's
+// volmap.Snapshotter (thin snapshots for LVM). This package must never
+// talk to LVM or to FUSE.
 package snapshot

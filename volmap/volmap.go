@@ -3,6 +3,7 @@ package volmap
 import (
 	"context"
 	"os"
+	"time"
 
 	"github.com/volfs/volfs/meta"
 )
@@ -134,4 +135,58 @@ type Flusher interface {
 // volfs uses fallocate(FALLOC_FL_ZERO_RANGE) on the device.
 type Zeroer interface {
 	Zero(ctx context.Context, name string, f *os.File, off, length int64) error
+}
+
+// Snapshot is a read-only, point-in-time copy of a volume (see
+// Snapshotter).
+type Snapshot struct {
+	// Name is the snapshot's name, unique among the snapshots of one
+	// volume; any file name.
+	Name string
+	// Origin is the Identity of the volume it was taken of: a snapshot
+	// follows its volume through renames.
+	Origin string
+	// ID is the snapshot's own stable identity.
+	ID string
+	// Created is when it was taken.
+	Created time.Time
+	// Size is the snapshot's device size; Attrs.Size, if not -1, the
+	// logical size of the file at the time.
+	Size int64
+	// Used is how many bytes the pool holds for it (-1 if unknown).
+	Used int64
+	// Attrs are the volume's attributes when the snapshot was taken
+	// (Attrs.ID is empty).
+	Attrs meta.Attrs
+	// Device is the driver's name for it (an LV name), for messages.
+	Device string
+}
+
+// Snapshotter is implemented by drivers that take snapshots and make
+// clones. image is a file name; its snapshots follow its Identity. Callers
+// flush the volume's writes and persist its attributes first.
+type Snapshotter interface {
+	// CreateSnapshot takes a snapshot called name of image, recording a
+	// as the snapshot's attributes.
+	CreateSnapshot(ctx context.Context, image, name string, a meta.Attrs) (Snapshot, error)
+	// Snapshots lists the snapshots of the volume whose Identity is
+	// origin, sorted by creation time.
+	Snapshots(ctx context.Context, origin string) ([]Snapshot, error)
+	// DeleteSnapshot removes a snapshot (ErrInUse while it is open).
+	DeleteSnapshot(ctx context.Context, origin, name string) error
+	// RenameSnapshot renames a snapshot (ErrExists if newName is taken).
+	RenameSnapshot(ctx context.Context, origin, oldName, newName string) error
+	// Rollback replaces the data of image with the snapshot's: afterwards
+	// image is a writable copy of the snapshot with attributes a (which
+	// keep the file's identity). All or nothing; ErrInUse while image is
+	// open anywhere.
+	Rollback(ctx context.Context, image, name string, a meta.Attrs) error
+	// Clone makes dst a new writable volume with the data of image, or of
+	// its snapshot called snap when snap is not empty, and attributes a.
+	Clone(ctx context.Context, image, snap, dst string, a meta.Attrs) (Volume, error)
+	// OpenSnapshot opens a snapshot's device read-only (activating it);
+	// every OpenSnapshot is paired with a CloseSnapshot of the same s, and
+	// the last one deactivates what OpenSnapshot activated.
+	OpenSnapshot(ctx context.Context, s Snapshot) (*os.File, error)
+	CloseSnapshot(ctx context.Context, s Snapshot)
 }

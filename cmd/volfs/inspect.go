@@ -24,8 +24,8 @@ type inspection struct {
 	metrics func()
 }
 
-// startInspection serves the mount's control socket and, with --metrics,
-// its Prometheus endpoint. A control socket that cannot be made is logged
+// startInspection serves the mount's control socket (ls, status,
+// snapshots, clones) and, with --metrics, its Prometheus endpoint. A control socket that cannot be made is logged
 // (the mount still serves files); metrics that cannot listen are an error,
 // since they were asked for.
 func (c *mountCmd) startInspection(mnt string, root *volfs.Root, log *slog.Logger) (*inspection, error) {
@@ -44,6 +44,7 @@ func (c *mountCmd) startInspection(mnt string, root *volfs.Root, log *slog.Logge
 		return in, nil
 	}
 	insp.Register(ctl)
+	registerSnapshotOps(ctl, root, mnt)
 	go ctl.Serve()
 	in.ctl = ctl
 	return in, nil

@@ -37,6 +37,7 @@ type mountCmd struct {
 	allowOther bool
 	ioURing    bool
 	cpuProfile string
+	poolLimit  float64
 
 	holder lock.Holder // this server, as its locks name it
 	// locks are held until the process exits (dropped, they would be
@@ -90,6 +91,7 @@ open its images without a chown per file).`,
 	f.StringVar(&c.logLevel, "log-level", "info", "log messages of this level and above: "+levelNames())
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
+	f.Float64Var(&c.poolLimit, "pool-limit", 90, "with --vg: refuse snapshots and clones while the thin pool's data or metadata use is above this percentage")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
 	f.StringVar(&c.defaults.uid, "uid", "", "owner (name or number) of new files and of volumes without volfs attributes")
 	f.StringVar(&c.defaults.gid, "gid", "", "group (name or number) of new files and of volumes without volfs attributes")

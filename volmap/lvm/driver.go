@@ -46,6 +46,9 @@ type Config struct {
 	// CacheTTL bounds the age of the cached listing that List, Lookup and
 	// Open use (DefaultCacheTTL when zero; negative: no cache).
 	CacheTTL time.Duration
+	// PoolLimit refuses snapshots and clones while the thin pool's data or
+	// metadata use is above this percentage (DefaultPoolLimit when zero).
+	PoolLimit float64
 }
 
 // Driver is the lvm2 volmap driver. It is safe for concurrent use.
@@ -84,6 +87,8 @@ type Driver struct {
 	pvAt time.Time
 
 	warned sync.Map // keys of warnings already logged
+
+	snaps snapState // snapshots.go
 }
 
 var (
