@@ -61,14 +61,16 @@ type Driver struct {
 	// order whole commands; multi-step operations need more).
 	mu sync.Mutex
 
-	// refreshMu makes concurrent callers that find the cache stale share
-	// one lvs run.
-	refreshMu sync.Mutex
-	// cacheMu guards cache and gen. gen counts invalidations: a refresh
-	// that started before one must not install its (older) result.
-	cacheMu sync.Mutex
-	cache   *listing
-	gen     uint64
+	// cacheMu guards cache, gen, flight and failedAt (see cache.go). gen
+	// counts invalidations: a refresh that started before one must not
+	// install its (older) result.
+	cacheMu  sync.Mutex
+	cache    *listing
+	gen      uint64
+	flight   *flight
+	failedAt time.Time
+	// now is the clock of the cache (time.Now when nil; tests set it).
+	now func() time.Time
 
 	spaceMu sync.Mutex
 	space   volmap.Space
@@ -198,16 +200,6 @@ func (d *Driver) VG() string { return d.cfg.VG }
 // ExtentSize is the VG's allocation unit in bytes.
 func (d *Driver) ExtentSize() int64 { return d.extent }
 
-// cached returns the cached listing if it is fresh enough.
-func (d *Driver) cached() *listing {
-	d.cacheMu.Lock()
-	defer d.cacheMu.Unlock()
-	if d.cache != nil && time.Since(d.cache.at) <= d.cfg.CacheTTL {
-		return d.cache
-	}
-	return nil
-}
-
 // invalidate drops the cached listing and space (after a change).
 func (d *Driver) invalidate() {
 	d.cacheMu.Lock()
@@ -219,26 +211,13 @@ func (d *Driver) invalidate() {
 	d.spaceMu.Unlock()
 }
 
-// listing returns a listing no older than CacheTTL.
-func (d *Driver) listing(ctx context.Context) (*listing, error) {
-	if l := d.cached(); l != nil {
-		return l, nil
-	}
-	d.refreshMu.Lock()
-	defer d.refreshMu.Unlock()
-	if l := d.cached(); l != nil {
-		return l, nil // another caller refreshed while we waited
-	}
-	return d.refresh(ctx)
-}
-
 // refresh runs lvs and caches the result (unless the cache was
 // invalidated meanwhile).
 func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 	d.cacheMu.Lock()
 	gen := d.gen
 	d.cacheMu.Unlock()
-	start := time.Now()
+	start := d.clock()
 	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG)
 	if err != nil {
 		return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
