@@ -24,10 +24,10 @@ import (
 // At most one refresh runs at a time for a given state of the cache: every
 // request that needs one shares the one in flight, provided it started
 // after the last invalidation (a refresh that started before one neither
-// installs its result nor serves later requests). The listing served is
-// thus never older than CacheTTL, other tools' changes show within
-// CacheTTL, and a busy mount runs lvs at most about twice per CacheTTL,
-// never once per file.
+// installs its result nor serves later requests). A listing's age counts
+// from the end of its lvs, so the listing served was read at most CacheTTL
+// plus one lvs run ago: other tools' changes show within that. A busy
+// mount runs lvs at most about twice per CacheTTL, never once per file.
 
 // flight is one refresh in progress; done is closed when l and err are set.
 type flight struct {

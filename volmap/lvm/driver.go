@@ -217,7 +217,6 @@ func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 	d.cacheMu.Lock()
 	gen := d.gen
 	d.cacheMu.Unlock()
-	start := d.clock()
 	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG)
 	if err != nil {
 		return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
@@ -236,7 +235,10 @@ func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 			return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
 		}
 	}
-	l := &listing{at: start, lvs: make(map[string]LV, len(rows))}
+	// Its age counts from when lvs finished: with a thousand LVs on a slow
+	// machine lvs can take longer than the TTL, and a listing aged from
+	// its start would be stale on arrival (every request would wait).
+	l := &listing{at: d.clock(), lvs: make(map[string]LV, len(rows))}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
 	}
