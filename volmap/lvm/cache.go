@@ -18,15 +18,19 @@ import (
 //   - a listing younger than CacheTTL/2 is served as it is;
 //   - one between CacheTTL/2 and CacheTTL old is served too, and a refresh
 //     starts in the background (refresh ahead): no request waits for it;
-//   - an older listing, or none (the driver's own changes drop it), makes
-//     the request wait for a refresh.
+//   - an older listing still serves while the refresh ahead runs, for as
+//     long as the last refresh took (lvs of a thousand LVs can take longer
+//     than half the TTL on a slow machine, and requests would then wait
+//     for it);
+//   - past that, or with no listing (the driver's own changes drop it), a
+//     request waits for a refresh.
 //
 // At most one refresh runs at a time for a given state of the cache: every
 // request that needs one shares the one in flight, provided it started
 // after the last invalidation (a refresh that started before one neither
 // installs its result nor serves later requests). A listing's age counts
 // from the end of its lvs, so the listing served was read at most CacheTTL
-// plus one lvs run ago: other tools' changes show within that. A busy
+// plus two lvs runs ago: other tools' changes show within that. A busy
 // mount runs lvs at most about twice per CacheTTL, never once per file.
 
 // flight is one refresh in progress; done is closed when l and err are set.
@@ -44,7 +48,8 @@ func (d *Driver) clock() time.Time {
 	return time.Now()
 }
 
-// listing returns a listing no older than CacheTTL.
+// listing returns a listing no older than CacheTTL, or than CacheTTL plus
+// the last refresh time while a refresh is under way.
 func (d *Driver) listing(ctx context.Context) (*listing, error) {
 	if d.cfg.CacheTTL < 0 {
 		return d.refresh(ctx)
@@ -52,7 +57,12 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 	d.cacheMu.Lock()
 	if l := d.cache; l != nil {
 		now := d.clock()
-		if age := now.Sub(l.at); age <= d.cfg.CacheTTL {
+		age := now.Sub(l.at)
+		if f := d.flight; f != nil && f.gen == d.gen && age <= d.cfg.CacheTTL+d.took {
+			d.cacheMu.Unlock()
+			return l, nil // stale, but its refresh is under way
+		}
+		if age <= d.cfg.CacheTTL {
 			// A refresh ahead that failed is not retried for half a TTL
 			// (no lvs storm); a request past the TTL reports the error.
 			if age > d.cfg.CacheTTL/2 && now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
@@ -92,8 +102,11 @@ func (d *Driver) startLocked(ctx context.Context) *flight {
 
 func (d *Driver) fly(ctx context.Context, f *flight) {
 	defer close(f.done)
+	start := time.Now()
 	f.l, f.err = d.refresh(ctx)
+	took := time.Since(start)
 	d.cacheMu.Lock()
+	d.took = took
 	if d.flight == f {
 		d.flight = nil
 	}

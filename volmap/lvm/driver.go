@@ -61,7 +61,7 @@ type Driver struct {
 	// order whole commands; multi-step operations need more).
 	mu sync.Mutex
 
-	// cacheMu guards cache, gen, flight and failedAt (see cache.go). gen
+	// cacheMu guards cache, gen, flight, failedAt and took (cache.go). gen
 	// counts invalidations: a refresh that started before one must not
 	// install its (older) result.
 	cacheMu  sync.Mutex
@@ -69,6 +69,7 @@ type Driver struct {
 	gen      uint64
 	flight   *flight
 	failedAt time.Time
+	took     time.Duration // how long the last refresh took
 	// now is the clock of the cache (time.Now when nil; tests set it).
 	now func() time.Time
 
