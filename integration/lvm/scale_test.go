@@ -97,11 +97,28 @@ func TestScale(t *testing.T) {
 		}
 	}
 	dropCaches(t)
+	start = time.Now()
+	sh(t, "ls", m.dir)
+	t.Logf("ls (names only, kernel caches dropped): %v", time.Since(start).Round(time.Millisecond))
+	dropCaches(t)
 	c = m.count(t, func() { sh(t, "stat", m.path("img7")) })
 	t.Logf("stat of one file (kernel caches dropped): %v, %d lvm commands", c.took.Round(time.Millisecond), c.lvm)
 	if c.lvm != 0 {
 		t.Errorf("stat of one file ran %d lvm commands, want 0", c.lvm)
 	}
+	m.umount()
+
+	// Where the time of ls -l goes: the FUSE requests it makes.
+	m = e.mount("--debug", "--cache-ttl", "10m", "--io-uring=false")
+	before := len(m.logText())
+	start = time.Now()
+	m.lsl(t)
+	took := time.Since(start)
+	ops := map[string]int{}
+	for _, sm := range regexp.MustCompile(`rx \d+: (\w+)`).FindAllStringSubmatch(m.logText()[before:], -1) {
+		ops[sm[1]]++
+	}
+	t.Logf("ls -l with every FUSE request logged: %v, requests %v", took.Round(time.Millisecond), ops)
 }
 
 // bulkLVs makes up to n linear LVs of one extent, img0..img(n-1), with one
