@@ -9,5 +9,5 @@ import (
 )
 
 func newLVMDriver(ctx context.Context, c *mountCmd, log *slog.Logger) (volmap.Driver, error) {
-	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log, PoolLimit: c.poolLimit})
+	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log, PoolLimit: c.poolLimit, CacheTTL: c.cacheTTL})
 }

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +29,7 @@ type mountCmd struct {
 	vg         string
 	thinPool   string
 	tag        string
+	cacheTTL   time.Duration
 	stateDir   string
 	readOnly   bool
 	foreground bool
@@ -83,6 +85,7 @@ open its images without a chown per file).`,
 	f.StringVar(&c.vg, "vg", "", "LVM volume group whose logical volumes are the files")
 	f.StringVar(&c.thinPool, "thin-pool", "", "with --vg: create new files as thin volumes in this pool")
 	f.StringVar(&c.tag, "tag", "", "with --vg: only logical volumes carrying this LVM tag")
+	f.DurationVar(&c.cacheTTL, "cache-ttl", time.Second, "with --vg: how old the cached listing of the VG (one lvs) may get; other tools' changes show within it, plus 1s of kernel caching")
 	f.StringVar(&c.stateDir, "state-dir", "/var/lib/volfs", "where attributes of --device files are kept")
 	f.BoolVar(&c.readOnly, "read-only", false, "refuse every write (EROFS)")
 	f.BoolVar(&c.foreground, "foreground", false, "stay attached instead of serving in the background")
@@ -109,6 +112,8 @@ func (c *mountCmd) run(mountpoint string) error {
 		return usagef("--vg and --device exclude each other")
 	case c.vg == "" && (c.thinPool != "" || c.tag != ""):
 		return usagef("--thin-pool and --tag go with --vg")
+	case c.cacheTTL <= 0:
+		return usagef("--cache-ttl %v: want a positive duration such as 1s", c.cacheTTL)
 	}
 	if err := c.checkLogFlags(); err != nil {
 		return err

@@ -64,14 +64,17 @@ type Driver struct {
 	// order whole commands; multi-step operations need more).
 	mu sync.Mutex
 
-	// refreshMu makes concurrent callers that find the cache stale share
-	// one lvs run.
-	refreshMu sync.Mutex
-	// cacheMu guards cache and gen. gen counts invalidations: a refresh
-	// that started before one must not install its (older) result.
-	cacheMu sync.Mutex
-	cache   *listing
-	gen     uint64
+	// cacheMu guards cache, gen, flight, failedAt and took (cache.go). gen
+	// counts invalidations: a refresh that started before one must not
+	// install its (older) result.
+	cacheMu  sync.Mutex
+	cache    *listing
+	gen      uint64
+	flight   *flight
+	failedAt time.Time
+	took     time.Duration // how long the last refresh took
+	// now is the clock of the cache (time.Now when nil; tests set it).
+	now func() time.Time
 
 	spaceMu sync.Mutex
 	space   volmap.Space
@@ -203,16 +206,6 @@ func (d *Driver) VG() string { return d.cfg.VG }
 // ExtentSize is the VG's allocation unit in bytes.
 func (d *Driver) ExtentSize() int64 { return d.extent }
 
-// cached returns the cached listing if it is fresh enough.
-func (d *Driver) cached() *listing {
-	d.cacheMu.Lock()
-	defer d.cacheMu.Unlock()
-	if d.cache != nil && time.Since(d.cache.at) <= d.cfg.CacheTTL {
-		return d.cache
-	}
-	return nil
-}
-
 // invalidate drops the cached listing and space (after a change).
 func (d *Driver) invalidate() {
 	d.cacheMu.Lock()
@@ -224,26 +217,12 @@ func (d *Driver) invalidate() {
 	d.spaceMu.Unlock()
 }
 
-// listing returns a listing no older than CacheTTL.
-func (d *Driver) listing(ctx context.Context) (*listing, error) {
-	if l := d.cached(); l != nil {
-		return l, nil
-	}
-	d.refreshMu.Lock()
-	defer d.refreshMu.Unlock()
-	if l := d.cached(); l != nil {
-		return l, nil // another caller refreshed while we waited
-	}
-	return d.refresh(ctx)
-}
-
 // refresh runs lvs and caches the result (unless the cache was
 // invalidated meanwhile).
 func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 	d.cacheMu.Lock()
 	gen := d.gen
 	d.cacheMu.Unlock()
-	start := time.Now()
 	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG)
 	if err != nil {
 		return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
@@ -262,7 +241,10 @@ func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 			return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
 		}
 	}
-	l := &listing{at: start, lvs: make(map[string]LV, len(rows))}
+	// Its age counts from when lvs finished: with a thousand LVs on a slow
+	// machine lvs can take longer than the TTL, and a listing aged from
+	// its start would be stale on arrival (every request would wait).
+	l := &listing{at: d.clock(), lvs: make(map[string]LV, len(rows))}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
 	}

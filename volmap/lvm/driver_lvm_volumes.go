@@ -100,8 +100,8 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Att
 		return volmap.Volume{}, err
 	}
 	// Read the new LV (its UUID) with a full listing, which then serves
-	// the lookups that follow a create.
-	l, err := d.refresh(ctx)
+	// the lookups that follow a create (and is shared with them).
+	l, err := d.fresh(ctx)
 	if err == nil {
 		lv, ok := l.lvs[lvName]
 		if _, isFile := d.fileName(lv); ok && isFile {

@@ -1,0 +1,131 @@
+package lvm
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// The listing cache.
+//
+// Every lookup, readdir and open is served from one listing of the VG (one
+// lvs). `ls -l` of a thousand files makes a thousand lookups (READDIRPLUS
+// entries, then the kernel's revalidations once its one-second entries
+// expire), spread over as long as the listing takes; each must not cost an
+// lvs. So:
+//
+//   - a listing younger than CacheTTL/2 is served as it is;
+//   - one between CacheTTL/2 and CacheTTL old is served too, and a refresh
+//     starts in the background (refresh ahead): no request waits for it;
+//   - an older listing still serves while the refresh ahead runs, for as
+//     long as the last refresh took (lvs of a thousand LVs can take longer
+//     than half the TTL on a slow machine, and requests would then wait
+//     for it);
+//   - past that, or with no listing (the driver's own changes drop it), a
+//     request waits for a refresh.
+//
+// At most one refresh runs at a time for a given state of the cache: every
+// request that needs one shares the one in flight, provided it started
+// after the last invalidation (a refresh that started before one neither
+// installs its result nor serves later requests). A listing's age counts
+// from the end of its lvs, so the listing served was read at most CacheTTL
+// plus two lvs runs ago: other tools' changes show within that. A busy
+// mount runs lvs at most about twice per CacheTTL, never once per file.
+
+// flight is one refresh in progress; done is closed when l and err are set.
+type flight struct {
+	gen  uint64
+	done chan struct{}
+	l    *listing
+	err  error
+}
+
+func (d *Driver) clock() time.Time {
+	if d.now != nil {
+		return d.now()
+	}
+	return time.Now()
+}
+
+// listing returns a listing no older than CacheTTL, or than CacheTTL plus
+// the last refresh time while a refresh is under way.
+func (d *Driver) listing(ctx context.Context) (*listing, error) {
+	if d.cfg.CacheTTL < 0 {
+		return d.refresh(ctx)
+	}
+	d.cacheMu.Lock()
+	if l := d.cache; l != nil {
+		now := d.clock()
+		age := now.Sub(l.at)
+		if f := d.flight; f != nil && f.gen == d.gen && age <= d.cfg.CacheTTL+d.took {
+			d.cacheMu.Unlock()
+			return l, nil // stale, but its refresh is under way
+		}
+		if age <= d.cfg.CacheTTL {
+			// A refresh ahead that failed is not retried for half a TTL
+			// (no lvs storm); a request past the TTL reports the error.
+			if age > d.cfg.CacheTTL/2 && now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
+				d.startLocked(ctx)
+			}
+			d.cacheMu.Unlock()
+			return l, nil
+		}
+	}
+	f := d.startLocked(ctx)
+	d.cacheMu.Unlock()
+	return f.wait(ctx)
+}
+
+// fresh returns a listing read by an lvs that started after the cache was
+// last invalidated: call it after a change (and its invalidate) to see the
+// change. Requests that need a listing meanwhile share that lvs.
+func (d *Driver) fresh(ctx context.Context) (*listing, error) {
+	d.cacheMu.Lock()
+	f := d.startLocked(ctx)
+	d.cacheMu.Unlock()
+	return f.wait(ctx)
+}
+
+// startLocked returns the refresh in flight for the current generation of
+// the cache, starting one if there is none. The refresh does not stop when
+// the request that started it is interrupted: others may be waiting for it.
+func (d *Driver) startLocked(ctx context.Context) *flight {
+	if f := d.flight; f != nil && f.gen == d.gen {
+		return f
+	}
+	f := &flight{gen: d.gen, done: make(chan struct{})}
+	d.flight = f
+	go d.fly(context.WithoutCancel(ctx), f)
+	return f
+}
+
+func (d *Driver) fly(ctx context.Context, f *flight) {
+	defer close(f.done)
+	start := time.Now()
+	f.l, f.err = d.refresh(ctx)
+	took := time.Since(start)
+	d.cacheMu.Lock()
+	d.took = took
+	if d.flight == f {
+		d.flight = nil
+	}
+	if f.err != nil {
+		d.failedAt = d.clock()
+	} else {
+		d.failedAt = time.Time{}
+	}
+	d.cacheMu.Unlock()
+	if f.err != nil {
+		d.log.Debug("listing refresh failed", slog.Any("err", f.err))
+	}
+}
+
+func (f *flight) wait(ctx context.Context) (*listing, error) {
+	select {
+	case <-f.done:
+		return f.l, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for the listing: %w", context.Cause(ctx))
+	}
+}

@@ -1,0 +1,242 @@
+package lvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/volfs/volfs/volmap"
+)
+
+// listLVM is an lvm binary (a shell script) that answers lvs with the
+// JSON in dir/report as it was when it started, waiting until dir/gate exists when dir/hold does,
+// and appends a line to dir/calls for each run.
+type listLVM struct {
+	t   *testing.T
+	dir string
+}
+
+func newListLVM(t *testing.T, files int) *listLVM {
+	t.Helper()
+	f := &listLVM{t: t, dir: t.TempDir()}
+	script := `#!/bin/sh
+d=` + f.dir + `
+r=$(cat $d/report)
+echo "$1" >> $d/calls
+if [ -e $d/hold ]; then while [ ! -e $d/gate ]; do sleep 0.01; done; fi
+if [ -e $d/fail ]; then echo "  Volume group not readable" >&2; exit 5; fi
+echo "$r"
+`
+	if err := os.WriteFile(filepath.Join(f.dir, "lvm"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.setFiles(files)
+	return f
+}
+
+func (f *listLVM) setFiles(n int) {
+	var b strings.Builder
+	b.WriteString(`{"report":[{"lv":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"lv_name":"img%d", "lv_uuid":"uuid-%d", "lv_size":"4194304", "lv_attr":"-wi-------", `+
+			`"lv_tags":"", "pool_lv":"", "data_percent":"", "lv_role":"public", "lv_layout":"linear", `+
+			`"segtype":"linear", "lv_dm_path":"", "lv_active":"", "lv_skip_activation":"", `+
+			`"lv_kernel_major":"-1", "lv_kernel_minor":"-1", "chunk_size":"0", "discards":"", `+
+			`"lv_time":"2026-01-02 03:04:05 +0000", "vg_missing_pv_count":"0"}`, i, i)
+	}
+	b.WriteString("]}]}\n")
+	if err := os.WriteFile(filepath.Join(f.dir, "report"), []byte(b.String()), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *listLVM) calls() int {
+	b, _ := os.ReadFile(filepath.Join(f.dir, "calls"))
+	return strings.Count(string(b), "\n")
+}
+
+func (f *listLVM) touch(name string) {
+	if err := os.WriteFile(filepath.Join(f.dir, name), nil, 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *listLVM) rm(name string) { _ = os.Remove(filepath.Join(f.dir, name)) }
+
+// fakeClock is a settable clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+func cacheDriver(t *testing.T, f *listLVM) (*Driver, *fakeClock) {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	d := &Driver{cfg: Config{VG: "vg", CacheTTL: time.Second}, log: slog.New(slog.DiscardHandler),
+		lvm: &Runner{Path: filepath.Join(f.dir, "lvm")}, tag: DefaultTag, now: c.now}
+	return d, c
+}
+
+// lookupAll looks up every file from many goroutines at once (what the
+// kernel does during `ls -l`).
+func lookupAll(t *testing.T, d *Driver, files int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, files)
+	for i := range files {
+		wg.Go(func() {
+			if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", i)); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// waitIdle waits for a refresh in flight to finish.
+func waitIdle(d *Driver) {
+	d.cacheMu.Lock()
+	f := d.flight
+	d.cacheMu.Unlock()
+	if f != nil {
+		<-f.done
+	}
+}
+
+func TestCacheOneLVSForManyLookups(t *testing.T) {
+	const files = 1000
+	f := newListLVM(t, files)
+	d, clock := cacheDriver(t, f)
+
+	// Cold: a thousand concurrent lookups share one lvs.
+	lookupAll(t, d, files)
+	if n := f.calls(); n != 1 {
+		t.Fatalf("cold lookups of %d files ran lvs %d times, want 1", files, n)
+	}
+	// Fresh: no lvs at all.
+	clock.advance(400 * time.Millisecond)
+	lookupAll(t, d, files)
+	if vols, err := d.List(context.Background()); err != nil || len(vols) != files {
+		t.Fatalf("List: %d volumes, %v", len(vols), err)
+	}
+	if n := f.calls(); n != 1 {
+		t.Fatalf("lookups of a fresh listing ran lvs %d more times", n-1)
+	}
+
+	// Past half the TTL: served at once from the listing while one
+	// refresh runs in the background (held until the lookups are done).
+	f.touch("hold")
+	clock.advance(200 * time.Millisecond)
+	lookupAll(t, d, files)
+	f.touch("gate")
+	waitIdle(d)
+	f.rm("hold")
+	f.rm("gate")
+	if n := f.calls(); n != 2 {
+		t.Fatalf("lookups of an aging listing ran lvs %d times, want 1 (in the background)", n-1)
+	}
+
+	// Past the TTL: lookups wait, for one lvs.
+	clock.advance(2 * time.Second)
+	lookupAll(t, d, files)
+	if n := f.calls(); n != 3 {
+		t.Fatalf("lookups of an expired listing ran lvs %d times, want 1", n-2)
+	}
+}
+
+func TestCacheShowsOtherToolsChanges(t *testing.T) {
+	f := newListLVM(t, 3)
+	d, clock := cacheDriver(t, f)
+	ctx := context.Background()
+	if _, err := d.Lookup(ctx, "img2"); err != nil {
+		t.Fatal(err)
+	}
+	f.setFiles(2) // lvremove by another tool
+	// Within the TTL the old listing may serve; past it, never.
+	clock.advance(600 * time.Millisecond)
+	_, _ = d.Lookup(ctx, "img2")
+	waitIdle(d)
+	clock.advance(time.Second + time.Millisecond)
+	if _, err := d.Lookup(ctx, "img2"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a removed LV was found more than a TTL later: %v", err)
+	}
+}
+
+func TestCacheInvalidation(t *testing.T) {
+	f := newListLVM(t, 2)
+	d, _ := cacheDriver(t, f)
+	ctx := context.Background()
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	// A refresh in flight when the driver changes the VG must neither be
+	// installed nor serve the requests that come after the change.
+	f.touch("hold")
+	d.cacheMu.Lock()
+	d.cache = nil
+	old := d.startLocked(ctx)
+	d.cacheMu.Unlock()
+	for f.calls() < 2 { // the old refresh has read its report
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.setFiles(3) // the driver's own change, then its invalidation
+	d.invalidate()
+	f.touch("gate")
+	if _, err := d.Lookup(ctx, "img2"); err != nil {
+		t.Fatalf("a lookup after an invalidation got the listing from before it: %v", err)
+	}
+	<-old.done
+	if _, ok := old.l.lvs["img2"]; ok {
+		t.Fatal("test broken: the old refresh saw the change")
+	}
+	l, err := d.listing(ctx)
+	if err != nil || len(l.lvs) != 3 {
+		t.Fatalf("cached listing after an invalidation: %v, %v", l, err)
+	}
+	if n := f.calls(); n != 3 {
+		t.Fatalf("lvs ran %d times, want 3", n)
+	}
+}
+
+func TestCacheRefreshFailure(t *testing.T) {
+	f := newListLVM(t, 2)
+	d, clock := cacheDriver(t, f)
+	ctx := context.Background()
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	f.touch("fail")
+	clock.advance(600 * time.Millisecond)
+	for range 5 {
+		if _, err := d.Lookup(ctx, "img1"); err != nil {
+			t.Fatalf("a failing refresh ahead failed a lookup of a valid listing: %v", err)
+		}
+		waitIdle(d)
+	}
+	if n := f.calls(); n != 2 {
+		t.Fatalf("a failing refresh ahead was retried at once: %d lvs runs, want 2", n)
+	}
+	clock.advance(time.Second)
+	if _, err := d.Lookup(ctx, "img1"); err == nil {
+		t.Fatal("a lookup of an expired listing ignored the failing lvs")
+	}
+	f.rm("fail")
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+}
