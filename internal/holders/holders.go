@@ -1,22 +1,45 @@
 // Package holders finds what keeps a block device open: processes with an
 // fd on it, mounts, devices stacked on it, loop devices backed by it.
 //
-// It is the scan volmap/lvm does in findHolders, as a package of its own so
-// that drivers share one copy (volmap/loopdir uses it; lvm can switch to it).
+// Every driver uses this one copy (volmap/lvm, volmap/loopdir). The scan
+// of processes goes through internal/procfs, which is bounded in time: a
+// process wedged in the kernel (in a FUSE request of a stopped server, say)
+// delays it by at most ProcTimeout, and the answer then says it may be
+// incomplete.
 package holders
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
+	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/volfs/volfs/internal/mountinfo"
+	"github.com/volfs/volfs/internal/procfs"
 )
+
+// ProcTimeout bounds the scan of /proc.
+var ProcTimeout = 3 * time.Second
+
+// selfHolds reports whether this process has dev (by device number) open.
+func selfHolds(rdev uint64) bool {
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, fd := range fds {
+		t, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		var st unix.Stat_t
+		if err == nil && strings.HasPrefix(t, "/dev/") && unix.Stat(t, &st) == nil &&
+			st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == rdev {
+			return true
+		}
+	}
+	return false
+}
 
 // Find lists what holds the block device dev, one description each
 // ("held by pid 42 (qemu-system-x86)", "mounted at /mnt", ...). With self
@@ -70,37 +93,34 @@ func Find(dev string, self bool) ([]string, error) {
 		}
 	}
 
-	me := strconv.Itoa(os.Getpid())
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd")
-	for _, fdDir := range procs {
-		pidDir := filepath.Dir(fdDir)
-		pid := filepath.Base(pidDir)
-		if pid == me && !self {
+	ctx, cancel := context.WithTimeout(context.Background(), ProcTimeout)
+	defer cancel()
+	open, complete := procfs.FilesUnder(ctx, "/dev")
+	paths := make([]string, 0, len(open))
+	for rel := range open {
+		paths = append(paths, rel)
+	}
+	sort.Strings(paths)
+	seen := map[int]bool{}
+	for _, rel := range paths {
+		// Only device nodes under /dev are stat'ed: a stat elsewhere
+		// could hang on a dead network or FUSE file system.
+		var fst unix.Stat_t
+		if unix.Stat("/dev/"+rel, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != rdev {
 			continue
 		}
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
+		for _, p := range open[rel] {
+			if !seen[p.PID] {
+				seen[p.PID] = true
+				who = append(who, fmt.Sprintf("held by pid %d (%s)", p.PID, p.Command))
+			}
 		}
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			// Only device nodes under /dev are stat'ed: a stat elsewhere
-			// could hang on a dead network filesystem.
-			if err != nil || !strings.HasPrefix(target, "/dev/") {
-				continue
-			}
-			var fst unix.Stat_t
-			if unix.Stat(target, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != rdev {
-				continue
-			}
-			comm, _ := os.ReadFile(filepath.Join(pidDir, "comm"))
-			desc := fmt.Sprintf("held by pid %s (%s)", pid, strings.TrimSpace(string(comm)))
-			if pid == me {
-				desc += " (this process)"
-			}
-			who = append(who, desc)
-			break
-		}
+	}
+	if self && !seen[os.Getpid()] && selfHolds(rdev) {
+		who = append(who, fmt.Sprintf("held by pid %d (this process)", os.Getpid()))
+	}
+	if !complete {
+		who = append(who, fmt.Sprintf("(the process list may be incomplete: some processes did not answer within %s)", ProcTimeout))
 	}
 	return who, nil
 }

@@ -1,16 +1,13 @@
 package lvm
 
 import (
-	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/volfs/volfs/internal/mountinfo"
+	"github.com/volfs/volfs/internal/holders"
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
 )
@@ -91,11 +88,11 @@ func (d *Driver) openDevice(lv LV, flag int) (*os.File, error) {
 	return f, nil
 }
 
-// holders describes what keeps the block device dev open: processes with
+// describeHolders describes what keeps the block device dev open: processes with
 // an fd on it, mounts, device-mapper or md devices stacked on it, loop
 // devices backed by it. Best effort: it says so when it finds nothing.
-func holders(dev string) string {
-	who, err := findHolders(dev, true)
+func describeHolders(dev string) string {
+	who, err := holders.Find(dev, true)
 	if err != nil {
 		return fmt.Sprintf("cannot tell who holds it (%v)", err)
 	}
@@ -108,83 +105,6 @@ func holders(dev string) string {
 // otherHolders lists what holds dev open apart from this process (nothing
 // when dev cannot be examined).
 func otherHolders(dev string) []string {
-	who, _ := findHolders(dev, false)
+	who, _ := holders.Find(dev, false)
 	return who
-}
-
-func findHolders(dev string, self bool) ([]string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(dev, &st); err != nil {
-		return nil, err
-	}
-	rdev := st.Rdev
-	majmin := fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev))
-	var who []string
-
-	if ents, err := os.ReadDir("/sys/dev/block/" + majmin + "/holders"); err == nil {
-		for _, e := range ents {
-			if name, err := os.ReadFile("/sys/block/" + e.Name() + "/dm/name"); err == nil {
-				who = append(who, fmt.Sprintf("device %s (%s) is stacked on it", e.Name(), strings.TrimSpace(string(name))))
-			} else {
-				who = append(who, fmt.Sprintf("device %s is stacked on it", e.Name()))
-			}
-		}
-	}
-
-	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) > 4 && fields[2] == majmin {
-				who = append(who, "mounted at "+mountinfo.Unescape(fields[4]))
-			}
-		}
-		f.Close()
-	}
-
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, bf := range loops {
-		b, err := os.ReadFile(bf)
-		backing := strings.TrimSpace(string(b))
-		// Only backing paths under /dev can be dev (losetup resolves
-		// symlinks); a stat elsewhere could hang on a dead FUSE mount.
-		var lst unix.Stat_t
-		if err == nil && strings.HasPrefix(backing, "/dev/") && unix.Stat(backing, &lst) == nil &&
-			lst.Mode&unix.S_IFMT == unix.S_IFBLK && lst.Rdev == rdev {
-			who = append(who, "backs loop device "+filepath.Base(filepath.Dir(filepath.Dir(bf))))
-		}
-	}
-
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd")
-	for _, fdDir := range procs {
-		pidDir := filepath.Dir(fdDir)
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			// Only device nodes under /dev are stat'ed: a stat elsewhere
-			// could hang on a dead network filesystem.
-			if err != nil || !strings.HasPrefix(target, "/dev/") {
-				continue
-			}
-			var fst unix.Stat_t
-			if unix.Stat(target, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != rdev {
-				continue
-			}
-			comm, _ := os.ReadFile(filepath.Join(pidDir, "comm"))
-			pid := filepath.Base(pidDir)
-			desc := fmt.Sprintf("pid %s (%s)", pid, strings.TrimSpace(string(comm)))
-			if pid == strconv.Itoa(os.Getpid()) {
-				if !self {
-					break
-				}
-				desc += " (this process)"
-			}
-			who = append(who, "held by "+desc)
-			break
-		}
-	}
-	return who, nil
 }

@@ -174,7 +174,7 @@ func (d *Driver) remove(ctx context.Context, name, lvName string) error {
 	}
 	if errors.Is(err, volmap.ErrInUse) {
 		return fmt.Errorf("remove %s (%s/%s): the volume is open: %s: %w",
-			name, d.cfg.VG, lvName, holders(d.devPath(lvName)), err)
+			name, d.cfg.VG, lvName, describeHolders(d.devPath(lvName)), err)
 	}
 	return fmt.Errorf("remove %s (%s/%s): %w", name, d.cfg.VG, lvName, err)
 }
