@@ -81,9 +81,14 @@ type Stats struct {
 
 // done records one request of op that started at start and answered errno.
 func (s *Stats) done(op Op, start time.Time, errno syscall.Errno) {
+	s.record(op, time.Since(start), errno)
+}
+
+// record counts one request of op that took took.
+func (s *Stats) record(op Op, took time.Duration, errno syscall.Errno) {
 	o := &s.ops[op]
 	o.requests.Add(1)
-	d := int64(time.Since(start))
+	d := int64(took)
 	o.nanos.Add(uint64(max(d, 0)))
 	i := 0
 	for i < len(bucketNanos) && d > bucketNanos[i] {
@@ -314,15 +319,20 @@ func (f *statsFS) StatFs(c <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOu
 // ringDone records a READ, WRITE or FSYNC that an io_uring queue served
 // itself, res being the device operation's result (bytes or 0).
 func (s *Stats) ringDone(opcode uint32, start time.Time, res int32) {
+	s.ringRecord(opcode, time.Since(start), res)
+}
+
+// ringRecord counts one request the ring served itself that took took.
+func (s *Stats) ringRecord(opcode uint32, took time.Duration, res int32) {
 	switch opcode {
 	case opRead:
 		s.readBytes.Add(uint64(res))
-		s.done(OpRead, start, 0)
+		s.record(OpRead, took, 0)
 	case opWrite:
 		s.writtenBytes.Add(uint64(res))
-		s.done(OpWrite, start, 0)
+		s.record(OpWrite, took, 0)
 	case opFsync:
-		s.done(OpFsync, start, 0)
+		s.record(OpFsync, took, 0)
 	}
 }
 

@@ -8,16 +8,17 @@ import (
 
 func TestStats(t *testing.T) {
 	var s Stats
-	now := time.Now()
-	s.done(OpRead, now.Add(-10*time.Microsecond), 0)       // first bucket
-	s.done(OpRead, now.Add(-3*time.Millisecond), 0)        // 5 ms bucket
-	s.done(OpRead, now.Add(-time.Minute), syscall.EIO)     // +Inf
-	s.done(OpLookup, now, syscall.ENOENT)                  // an answer, not an error
-	s.done(OpGetxattr, now, syscall.ENODATA)               // likewise
-	s.done(OpWrite, now, syscall.ENOSPC)                   // an error
-	s.ringDone(opWrite, now.Add(-time.Millisecond), 1<<20) // the ring's fast path
-	s.ringDone(opRead, now.Add(-time.Millisecond), 4096)   // likewise
-	s.ringDone(opFsync, now.Add(-time.Millisecond), 0)     // likewise
+	// Durations given, not measured: a loaded machine (or the race
+	// detector) must not move a request into another bucket.
+	s.record(OpRead, 10*time.Microsecond, 0)       // first bucket
+	s.record(OpRead, 3*time.Millisecond, 0)        // 5 ms bucket
+	s.record(OpRead, time.Minute, syscall.EIO)     // +Inf
+	s.record(OpLookup, 0, syscall.ENOENT)          // an answer, not an error
+	s.record(OpGetxattr, 0, syscall.ENODATA)       // likewise
+	s.record(OpWrite, 0, syscall.ENOSPC)           // an error
+	s.ringRecord(opWrite, time.Millisecond, 1<<20) // the ring's fast path
+	s.ringRecord(opRead, time.Millisecond, 4096)   // likewise
+	s.ringRecord(opFsync, time.Millisecond, 0)     // likewise
 	snap := s.Snapshot()
 	r := snap.Ops["read"]
 	if r.Requests != 4 || r.Errors != 1 || r.Seconds < 60 {
