@@ -48,7 +48,7 @@ racetest:
 # volfs binary built here (building in the TCG guest would take minutes).
 VMPKGS ?= ./volmap/lvm/ ./integration/vm/ ./integration/lvm/
 vmtest: build
-	$(GO) test -count=1 -p 1 -timeout 30m \
+	$(GO) test -count=1 -p 1 -timeout 50m \
 		-exec "$(VMRUN) -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs --" $(VMPKGS)
 
 lint:
