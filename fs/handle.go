@@ -445,6 +445,11 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	errno := h.syncDevice("fsync", unix.Fdatasync, true)
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if errno != 0 {
+		// The data did not reach the device: a size recorded now would
+		// cover bytes that are not there.
+		return errno
+	}
 	if flags&fsyncDataOnly != 0 && !n.sizeChangedLocked() {
 		// fdatasync (what qemu's flushes are) promises the data and what
 		// is needed to read it back: the size, not the mtime. Writing

@@ -202,7 +202,11 @@ func (n *Image) reattach(ctx context.Context, name string) error {
 	if n.detached == "" {
 		return nil
 	}
-	err := n.root.drv.(volmap.Detacher).Reattach(ctx, n.detached, name)
+	dt, ok := n.root.drv.(volmap.Detacher)
+	if !ok {
+		return fmt.Errorf("reattach %s: the driver cannot", name)
+	}
+	err := dt.Reattach(ctx, n.detached, name)
 	n.changedLocked()
 	if err != nil {
 		return err
@@ -218,7 +222,14 @@ func (n *Image) purgeLocked(ctx context.Context) {
 	if n.detached == "" {
 		return
 	}
-	if err := n.root.drv.(volmap.Detacher).Purge(ctx, n.detached); err != nil {
+	dt, ok := n.root.drv.(volmap.Detacher)
+	if !ok {
+		n.root.log.Error("a removed file's volume cannot be purged: the driver has no Detacher",
+			slog.String("volume", n.name), slog.String("token", n.detached))
+		n.detached = ""
+		return
+	}
+	if err := dt.Purge(ctx, n.detached); err != nil {
 		n.root.log.Warn("removing the volume of a deleted file failed; volfs retries at its next start",
 			slog.String("volume", n.name), slog.String("token", n.detached), slog.Any("err", err))
 	}
@@ -634,7 +645,8 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 		return 0
 	}
 	a := n.attrs.Clone()
-	if n.written.Swap(false) {
+	wrote := n.written.Swap(false)
+	if wrote {
 		// mtime from writes, recorded in memory by the data path
 		t := time.Unix(0, n.wtime.Load())
 		n.attrs.Mtime, n.attrs.Ctime = t, t
@@ -650,6 +662,11 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	err := n.setAttrs(ctx, a)
 	n.changedLocked()
 	if err != nil {
+		if wrote {
+			// Still unsaved: the node must not look idle to refresh,
+			// which would take the driver's older size for the truth.
+			n.written.Store(true)
+		}
 		return n.root.toErrno("save attributes", n.name, err)
 	}
 	n.saved = a

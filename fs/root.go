@@ -479,7 +479,10 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	case !targetExists || detached:
 		err = rn.Rename(ctx, name, newName)
 		if err != nil && detached {
-			if rerr := tn.reattach(ctx, newName); rerr != nil {
+			// The request may be cancelled already (that may be why the
+			// rename failed); the undo must run regardless, or the
+			// replaced file's volume would be purged at its last close.
+			if rerr := tn.reattach(context.WithoutCancel(ctx), newName); rerr != nil {
 				r.log.Error("rename over an open file failed and the replaced file could not be put back; "+
 					"its volume keeps a hidden name until its last close",
 					slog.String("volume", newName), slog.Any("err", rerr))

@@ -73,10 +73,20 @@ func (r *Root) quiesce(ctx context.Context, v volmap.Volume) (meta.Attrs, error)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if d := n.dev.Load(); d != nil {
-		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
-			return meta.Attrs{}, fmt.Errorf("flush %s before the snapshot: %w", v.Name, err)
-		}
+	// Lock order: mu before syncMu. An error is recorded for the open
+	// files' fsync (errSeq): the kernel tells it to this flush only.
+	n.syncMu.Lock()
+	var err error
+	if d := n.acquireDevice(); d != nil {
+		err = unix.Fdatasync(int(d.buffered.Fd()))
+		d.release()
+	}
+	if err != nil {
+		n.wbErr.set(r.toErrno("flush before snapshot", v.Name, err))
+	}
+	n.syncMu.Unlock()
+	if err != nil {
+		return meta.Attrs{}, fmt.Errorf("flush %s before the snapshot: %w", v.Name, err)
 	}
 	if errno := n.persistLocked(ctx); errno != 0 {
 		return meta.Attrs{}, fmt.Errorf("save the attributes of %s before the snapshot: %w", v.Name, errno)

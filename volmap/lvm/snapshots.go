@@ -349,6 +349,12 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 	}
 	if err != nil {
 		err = fmt.Errorf("rollback of %s: copy snapshot %q (%s/%s): %w", image, name, d.cfg.VG, snap.Name, err)
+		if errors.Is(err, volmap.ErrExists) {
+			// Someone else took the freed name meanwhile: that LV is
+			// not ours to remove, and the image cannot take its name
+			// back either (reportRollbackLeftovers names it at mount).
+			return errors.Join(err, d.undoStep(undoCtx, aside, lv.Name))
+		}
 		return errors.Join(err, d.undoCreate(undoCtx, lv.Name), d.undoStep(undoCtx, aside, lv.Name))
 	}
 	err = injectRollbackFault(3)
