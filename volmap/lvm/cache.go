@@ -100,13 +100,22 @@ func (d *Driver) startLocked(ctx context.Context) *flight {
 	return f
 }
 
+// refreshTimeout bounds one refresh of the listing.
+const refreshTimeout = 2 * time.Minute
+
 func (d *Driver) fly(ctx context.Context, f *flight) {
 	defer close(f.done)
+	// Bounded: every lookup waiting on this flight would otherwise wait
+	// for as long as an lvs stuck behind another tool's VG lock.
+	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
 	start := time.Now()
 	f.l, f.err = d.refresh(ctx)
 	took := time.Since(start)
 	d.cacheMu.Lock()
-	d.took = took
+	// The stale-while-revalidate window grows with a slow lvs, but never
+	// past another TTL.
+	d.took = min(took, d.cfg.CacheTTL)
 	if d.flight == f {
 		d.flight = nil
 	}
