@@ -442,9 +442,11 @@ func (h *handle) syncDevice(op string, sync func(fd int) error, seen bool) sysca
 // persists changed attributes.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	n := h.node
-	errno := h.syncDevice("fsync", unix.Fdatasync, true)
+	// mu first (then syncMu, as everywhere): an extending write that
+	// finished after the flush must not have its size saved below.
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	errno := h.syncDevice("fsync", unix.Fdatasync, true)
 	if errno != 0 {
 		// The data did not reach the device: a size recorded now would
 		// cover bytes that are not there.
