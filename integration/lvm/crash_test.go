@@ -28,7 +28,9 @@ func (m *mount) serverPid() int {
 	if err != nil {
 		m.e.t.Fatalf("pid file of the server of %s: %v", m.dir, err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	// "PID START" (cmd/volfs pidfile.go): the start time tells a reused
+	// pid from the server.
+	pid, err := strconv.Atoi(strings.Fields(string(b) + " x")[0])
 	if err != nil || pid <= 0 {
 		m.e.t.Fatalf("pid file of the server of %s: %q", m.dir, b)
 	}
