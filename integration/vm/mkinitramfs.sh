@@ -26,6 +26,8 @@
 # Kernel command line understood by /init:
 #   volfs.ctl=DIR        host control dir (9p tag "volfsctl"), mounted at DIR
 #   volfs.rw=TAG=DIR,... extra read-write 9p shares, mounted at DIR
+#   volfs.dump=SECS      print the process list and blocked tasks to the
+#                        console if the command still runs after SECS
 # The command's stdout+stderr go to the virtio-serial port named "volfs.out"
 # (raw bytes, no tty layer); /init's own messages go to the kernel console.
 set -euo pipefail
@@ -125,10 +127,11 @@ log() { echo "volfs-vm: $*"; }
 # prints this console log and fails.
 fail() { log "FATAL: $*"; sync; poweroff -f; sleep 10; exit 1; }
 while read -r m; do insmod "/mods/$m" || log "insmod $m failed"; done < /mods/order
-CTL= RW=
+CTL= RW= DUMP=
 for w in $(cat /proc/cmdline); do
   case $w in
     volfs.ctl=*) CTL=${w#volfs.ctl=};;
+    volfs.dump=*) DUMP=${w#volfs.dump=};;
     volfs.rw=*) RW=${w#volfs.rw=};;
   esac
 done
@@ -161,6 +164,14 @@ for p in /sys/class/virtio-ports/*; do
 done
 read -r up _ < /proc/uptime
 log "starting command at ${up}s (output to $OUT)"
+if [ -n "$DUMP" ]; then
+  # Watchdog: a command still running DUMP seconds from now is about to be
+  # killed by vmrun.sh; leave in the console log what every process waits on.
+  ( sleep "$DUMP"
+    log "watchdog: the command still runs after ${DUMP}s; processes and blocked tasks follow"
+    chroot /newroot ps -eo pid,ppid,stat,wchan:32,etimes,args >/dev/console 2>&1
+    echo w > /proc/sysrq-trigger ) &
+fi
 chroot /newroot /bin/bash "$CTL/cmd.sh" </dev/null >"$OUT" 2>&1
 rc=$?
 read -r up _ < /proc/uptime

@@ -192,6 +192,9 @@ done
 APPEND="console=ttyS0 panic=-1 loglevel=4 mitigations=off tsc=reliable no_timer_check"
 APPEND+=" i8042.nokbd i8042.noaux i8042.nopnp 8250.nr_uarts=1 random.trust_cpu=on"
 APPEND+=" volfs.vm=1 volfs.ctl=$CTL${RW:+ volfs.rw=$RW} ${VOLFS_VM_APPEND:-}"
+# A minute before the hard timeout the guest prints what every process
+# waits on (the console log is shown when the guest is killed).
+if [ "$TIMEOUT" -gt 120 ]; then APPEND+=" volfs.dump=$((TIMEOUT - 60))"; fi
 
 # Both children die with this script even if it is SIGKILLed (pdeathsig);
 # the sleep is the hard-timeout watchdog.

@@ -25,17 +25,20 @@ import (
 //   - past that, or with no listing (the driver's own changes drop it), a
 //     request waits for a refresh.
 //
-// At most one refresh runs at a time for a given state of the cache: every
-// request that needs one shares the one in flight, provided it started
-// after the last invalidation (a refresh that started before one neither
-// installs its result nor serves later requests). A listing's age counts
+// A request that needs a refresh shares the one in flight, provided it
+// started after the last invalidation (a refresh that started before one
+// neither installs its result nor serves later requests) and no more than
+// CacheTTL before the request: with a TTL of zero every request sees the
+// VG as it was when the request came, even while an older lvs is running.
+// A listing never replaces one whose lvs started later. A listing's age counts
 // from the end of its lvs, so the listing served was read at most CacheTTL
 // plus two lvs runs ago: other tools' changes show within that. A busy
 // mount runs lvs at most about twice per CacheTTL, never once per file.
 
 // flight is one refresh in progress; done is closed when l and err are set.
 type flight struct {
-	gen  uint64
+	gen   uint64
+	start time.Time
 	done chan struct{}
 	l    *listing
 	err  error
@@ -52,7 +55,7 @@ func (d *Driver) clock() time.Time {
 // the last refresh time while a refresh is under way.
 func (d *Driver) listing(ctx context.Context) (*listing, error) {
 	if d.cfg.CacheTTL < 0 {
-		return d.refresh(ctx)
+		return d.refresh(ctx, d.clock())
 	}
 	d.cacheMu.Lock()
 	if l := d.cache; l != nil {
@@ -66,13 +69,13 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 			// A refresh ahead that failed is not retried for half a TTL
 			// (no lvs storm); a request past the TTL reports the error.
 			if age > d.cfg.CacheTTL/2 && now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
-				d.startLocked(ctx)
+				d.startLocked(ctx, now)
 			}
 			d.cacheMu.Unlock()
 			return l, nil
 		}
 	}
-	f := d.startLocked(ctx)
+	f := d.startLocked(ctx, d.clock().Add(-d.cfg.CacheTTL))
 	d.cacheMu.Unlock()
 	return f.wait(ctx)
 }
@@ -82,19 +85,20 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 // change. Requests that need a listing meanwhile share that lvs.
 func (d *Driver) fresh(ctx context.Context) (*listing, error) {
 	d.cacheMu.Lock()
-	f := d.startLocked(ctx)
+	f := d.startLocked(ctx, time.Time{})
 	d.cacheMu.Unlock()
 	return f.wait(ctx)
 }
 
 // startLocked returns the refresh in flight for the current generation of
-// the cache, starting one if there is none. The refresh does not stop when
-// the request that started it is interrupted: others may be waiting for it.
-func (d *Driver) startLocked(ctx context.Context) *flight {
-	if f := d.flight; f != nil && f.gen == d.gen {
+// the cache if it started at notBefore or later, and starts one otherwise.
+// The refresh does not stop when the request that started it is
+// interrupted: others may be waiting for it.
+func (d *Driver) startLocked(ctx context.Context, notBefore time.Time) *flight {
+	if f := d.flight; f != nil && f.gen == d.gen && !f.start.Before(notBefore) {
 		return f
 	}
-	f := &flight{gen: d.gen, done: make(chan struct{})}
+	f := &flight{gen: d.gen, start: d.clock(), done: make(chan struct{})}
 	d.flight = f
 	go d.fly(context.WithoutCancel(ctx), f)
 	return f
@@ -110,7 +114,7 @@ func (d *Driver) fly(ctx context.Context, f *flight) {
 	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
 	defer cancel()
 	start := time.Now()
-	f.l, f.err = d.refresh(ctx)
+	f.l, f.err = d.refresh(ctx, f.start)
 	took := time.Since(start)
 	d.cacheMu.Lock()
 	// The stale-while-revalidate window grows with a slow lvs, but never

@@ -189,7 +189,7 @@ func TestCacheInvalidation(t *testing.T) {
 	f.touch("hold")
 	d.cacheMu.Lock()
 	d.cache = nil
-	old := d.startLocked(ctx)
+	old := d.startLocked(ctx, time.Time{})
 	d.cacheMu.Unlock()
 	for f.calls() < 2 { // the old refresh has read its report
 		time.Sleep(5 * time.Millisecond)
@@ -238,5 +238,45 @@ func TestCacheRefreshFailure(t *testing.T) {
 	f.rm("fail")
 	if _, err := d.Lookup(ctx, "img1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A refresh that started more than a TTL before a request does not serve
+// it, and when it ends it does not replace the newer listing.
+func TestCacheOldRefreshNotShared(t *testing.T) {
+	f := newListLVM(t, 2)
+	d, c := cacheDriver(t, f)
+	ctx := context.Background()
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	f.touch("hold")
+	c.advance(700 * time.Millisecond) // past half the TTL: a refresh ahead starts
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	d.cacheMu.Lock()
+	old := d.flight
+	d.cacheMu.Unlock()
+	if old == nil {
+		t.Fatal("test broken: no refresh ahead started")
+	}
+	for f.calls() < 2 { // the old refresh has read its report and waits
+		time.Sleep(5 * time.Millisecond)
+	}
+	f.rm("hold")
+	f.setFiles(3) // another tool's change
+	c.advance(2 * time.Second)
+	if _, err := d.Lookup(ctx, "img2"); err != nil {
+		t.Fatalf("a lookup two TTLs after the refresh in flight started got its listing: %v", err)
+	}
+	f.touch("gate")
+	<-old.done
+	if _, ok := old.l.lvs["img2"]; ok {
+		t.Fatal("test broken: the old refresh saw the change")
+	}
+	l, err := d.listing(ctx)
+	if err != nil || len(l.lvs) != 3 {
+		t.Fatalf("cached listing after the old refresh ended: %v, %v", l, err)
 	}
 }

@@ -108,8 +108,9 @@ var (
 // listing is one lvs run: every LV of the VG (files or not) by LVM name.
 // It is never modified once published.
 type listing struct {
-	at  time.Time
-	lvs map[string]LV
+	at      time.Time // when its lvs ended: its age counts from there
+	started time.Time // when its lvs started: a later one is newer
+	lvs     map[string]LV
 }
 
 // asideLabel names the temporary LV that Replace moves a target to;
@@ -165,7 +166,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if err := d.discoverPVs(ctx); err != nil {
 		return nil, err
 	}
-	l, err := d.refresh(ctx)
+	l, err := d.refresh(ctx, d.clock())
 	if err != nil {
 		return nil, err
 	}
@@ -251,9 +252,9 @@ func (d *Driver) invalidate() {
 	d.spaceMu.Unlock()
 }
 
-// refresh runs lvs and caches the result (unless the cache was
-// invalidated meanwhile).
-func (d *Driver) refresh(ctx context.Context) (*listing, error) {
+// refresh runs lvs, which started at started, and caches the result (unless
+// the cache was invalidated meanwhile or holds a newer listing).
+func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, error) {
 	d.cacheMu.Lock()
 	gen := d.gen
 	d.cacheMu.Unlock()
@@ -278,12 +279,12 @@ func (d *Driver) refresh(ctx context.Context) (*listing, error) {
 	// Its age counts from when lvs finished: with a thousand LVs on a slow
 	// machine lvs can take longer than the TTL, and a listing aged from
 	// its start would be stale on arrival (every request would wait).
-	l := &listing{at: d.clock(), lvs: make(map[string]LV, len(rows))}
+	l := &listing{at: d.clock(), started: started, lvs: make(map[string]LV, len(rows))}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
 	}
 	d.cacheMu.Lock()
-	if d.gen == gen {
+	if d.gen == gen && (d.cache == nil || !d.cache.started.After(started)) {
 		d.cache = l
 	}
 	d.cacheMu.Unlock()
@@ -302,7 +303,7 @@ func (d *Driver) patch(lv LV) {
 	if _, ok := d.cache.lvs[lv.Name]; !ok {
 		return
 	}
-	l := &listing{at: d.cache.at, lvs: maps.Clone(d.cache.lvs)}
+	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs)}
 	l.lvs[lv.Name] = lv
 	d.cache = l
 }

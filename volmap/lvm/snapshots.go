@@ -248,7 +248,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, image, name string, a meta.
 		}
 		return volmap.Snapshot{}, err
 	}
-	l, err := d.refresh(ctx)
+	l, err := d.refresh(ctx, d.clock())
 	if err != nil {
 		return volmap.Snapshot{}, err
 	}
@@ -415,7 +415,7 @@ func (d *Driver) Clone(ctx context.Context, image, snap, dst string, a meta.Attr
 		}
 		return volmap.Volume{}, err
 	}
-	l, err = d.refresh(ctx)
+	l, err = d.refresh(ctx, d.clock())
 	if err != nil {
 		return volmap.Volume{}, err
 	}
