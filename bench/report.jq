@@ -1,6 +1,13 @@
 # Renders bench/run.sh's records ($r: one object per measurement: rep, dev,
 # side, job, metric, value) as one markdown table: per device and job row,
 # each side's median (min–max) and its ratio to raw's median.
+#
+# Honesty: a cell whose range is wider than 25% of its median is marked
+# "±!" (the machine was noisy: rerun before quoting it). A raw figure that
+# disagrees with raw's own figure for the same I/O through the other engine
+# (libaio against io_uring at QD32, more than 25% apart) is suspect: its row
+# gets no ratios ("raw?"), since dividing by it would flatter or shame the
+# other sides.
 
 def rows: [
   ["seqread", "MBps", "1M seq read, libaio QD16", "MB/s"],
@@ -41,13 +48,25 @@ def vals($dev; $side; $job; $metric):
 def failed($dev; $side; $job):
   any($r[]; .dev == $dev and .side == $side and .job == $job and .metric == "fail");
 def rng($v): if ($v | length) > 1 then " (\($v | min | fmt)–\($v | max | fmt))" else "" end;
+def wide($v): ($v | length) > 1 and ($v | median) as $m | $m != 0 and (($v | max) - ($v | min)) > 0.25 * $m;
+def twin: {randread32: "randread32u", randread32u: "randread32", randwrite32: "randwrite32u", randwrite32u: "randwrite32"};
+def rawsuspect($dev; $job; $metric):
+  twin[$job] as $t
+  | if $t == null then false
+    else (vals($dev; "raw"; $job; $metric) | median) as $a
+    | (vals($dev; "raw"; $t; $metric) | median) as $b
+    | $a != null and $b != null and $a > 0 and $b > 0 and (($a / $b) < 0.75 or ($b / $a) < 0.75)
+    end;
 
-def cell($dev; $side; $job; $metric; $raw; $secs):
+def cell($dev; $side; $job; $metric; $raw; $secs; $suspect):
   vals($dev; $side; $job; $metric) as $v
   | if ($v | length) == 0 then (if failed($dev; $side; $job) then "FAIL" else "" end)
     else ($v | median) as $m
     | "\($m | fmt)\(rng($v))"
-      + (if $side != "raw" and $raw != null and $raw != 0 then " \($m / $raw | fmtratio)" else "" end)
+      + (if wide($v) then " ±!" else "" end)
+      + (if $side == "raw" and $suspect then " raw?"
+         elif $side != "raw" and $suspect then ""
+         elif $side != "raw" and $raw != null and $raw != 0 then " \($m / $raw | fmtratio)" else "" end)
       + (if $secs then " [\(vals($dev; $side; $job; "s") | median | fmt) s]" else "" end)
       + (if failed($dev; $side; $job) then " (some FAILED)" else "" end)
     end;
@@ -68,6 +87,9 @@ def cpu($dev; $side; $job; $first):
   | ($i == 0 or $rows[$i - 1][0] != $job) as $first
   | (vals($dev; "raw"; $job; $metric) | median) as $raw
   | ($job | test("^(cp|cv)")) as $secs
+  | rawsuspect($dev; $job; $metric) as $suspect
   | "| \($dev) | \($lbl) | \($unit) | "
-    + ([sides[] as $side | cell($dev; $side; $job; $metric; $raw; $secs)] | join(" | "))
-    + " | \(cpu($dev; "volfs"; $job; $first)) | \(cpu($dev; "qsd"; $job; $first)) |")
+    + ([sides[] as $side | cell($dev; $side; $job; $metric; $raw; $secs; $suspect)] | join(" | "))
+    + " | \(cpu($dev; "volfs"; $job; $first)) | \(cpu($dev; "qsd"; $job; $first)) |"),
+"",
+"±! = range wider than 25% of the median (noisy: rerun before quoting). raw? = raw's libaio and io_uring figures for the same job are more than 25% apart: no ratios on that row."
