@@ -51,8 +51,23 @@ func newEnv(t *testing.T) *env {
 	e.sh("pvcreate", "-q", "-ff", "--yes", e.dev)
 	e.sh("vgcreate", "-q", e.vg, e.dev)
 	t.Cleanup(func() {
-		e.try("vgremove", "-q", "-ff", "--yes", e.vg)
-		e.try("pvremove", "-q", "-ff", "--yes", e.dev)
+		// A VG left behind (or its devices still active) would sit under
+		// the next test's VG on the same disk: fail the test that left it,
+		// and clear it away so that the next one starts clean.
+		if out, err := e.try("vgremove", "-q", "-ff", "--yes", e.vg); err != nil {
+			t.Errorf("cleanup: vgremove %s: %v\n%s", e.vg, err, out)
+		}
+		if out, _ := e.try("dmsetup", "ls"); strings.Contains(out, e.vg+"-") {
+			t.Errorf("cleanup: device-mapper devices of %s left after vgremove:\n%s", e.vg, out)
+			for _, line := range strings.Split(out, "\n") {
+				if name, _, _ := strings.Cut(line, "\t"); strings.HasPrefix(name, e.vg+"-") {
+					e.try("dmsetup", "remove", "--force", name)
+				}
+			}
+		}
+		if out, err := e.try("pvremove", "-q", "-ff", "--yes", e.dev); err != nil {
+			t.Errorf("cleanup: pvremove %s: %v\n%s", e.dev, err, out)
+		}
 	})
 	return e
 }
