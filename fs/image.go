@@ -374,7 +374,7 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 		n.written.Store(false) // an explicit mtime wins over earlier writes
 	}
 	n.attrs.Ctime = now
-	errno := n.persistLocked(ctx)
+	errno := n.persistFlushedLocked(ctx, "flush before setattr")
 	if errno != 0 {
 		// Not saved: the change did not happen, and a later save does
 		// not trip over it.
@@ -426,7 +426,7 @@ func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 	if n.opens == 0 {
 		n.trimLocked(ctx)
 	}
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before truncate")
 }
 
 // growDeviceLocked makes the device hold at least need bytes, asking for
@@ -673,6 +673,51 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	return 0
 }
 
+// persistFlushedLocked persists attributes from a path that has not
+// flushed the device (chmod, utimes, truncate, xattrs): every save writes
+// the logical size too, and a size that changed since the last save may
+// cover bytes of writes still in the page cache or the device's write
+// cache. They are flushed first, under mu as fsync does (fc884b0), so no
+// extending write can slip in between: a crash must never show a size
+// over data that never reached the device. A failed flush saves nothing.
+func (n *Image) persistFlushedLocked(ctx context.Context, op string) syscall.Errno {
+	if !n.pending && !n.gone && n.sizeChangedLocked() {
+		if errno := n.flushDeviceLocked(ctx, op); errno != 0 {
+			return errno
+		}
+	}
+	return n.persistLocked(ctx)
+}
+
+// flushDeviceLocked fdatasyncs the device: the open one (its write-back
+// error recorded for the open files, errSeq), or, for a file nobody has
+// open (truncate of a closed file zeroes through a temporary O_DIRECT
+// fd, whose bytes may still be in the device's write cache), a temporary
+// fd. Lock order: mu before syncMu.
+func (n *Image) flushDeviceLocked(ctx context.Context, op string) syscall.Errno {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if d := n.acquireDevice(); d != nil {
+		err := unix.Fdatasync(int(d.buffered.Fd()))
+		d.release()
+		if err != nil {
+			errno := n.root.toErrno(op, n.name, err)
+			n.wbErr.set(errno)
+			return errno
+		}
+		return 0
+	}
+	f, err := n.openDeviceFile(ctx, os.O_RDONLY|syscall.O_CLOEXEC)
+	if err != nil {
+		return n.root.toErrno(op, n.name, err)
+	}
+	defer f.Close()
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return n.root.toErrno(op, n.name, err)
+	}
+	return 0
+}
+
 // persistForSyncLocked persists attributes for fsync. Their failure never
 // fails the fsync of the data (it is logged), with one exception: a changed
 // size that cannot be recorded, since fsync promises what is needed to read
@@ -823,7 +868,7 @@ func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags ui
 	}
 	n.attrs.Xattrs[attr] = append([]byte(nil), data...)
 	n.attrs.Ctime = time.Now()
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before setxattr")
 }
 
 // Removexattr deletes a stored attribute.
@@ -841,5 +886,5 @@ func (n *Image) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	}
 	delete(n.attrs.Xattrs, attr)
 	n.attrs.Ctime = time.Now()
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before removexattr")
 }

@@ -10,6 +10,7 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -673,4 +674,73 @@ func TestRemount(t *testing.T) {
 		t.Fatalf("xattr after remount: %q, %v", b[:n], err)
 	}
 	m.checkFile("p", data)
+}
+
+// chmod, utimes and truncate save the file's attributes, the logical size
+// among them: a size grown by writes still in the device's page cache is
+// saved only after they are flushed, else a crash shows a file whose size
+// covers bytes that never reached the device. The driver checks, when the
+// size is saved, that the bytes are in the loop device's backing file
+// (what the device holds, beneath its page cache).
+func TestSetattrFlushesGrownSize(t *testing.T) {
+	forEachMount(t, func(t *testing.T, m *testMount) {
+		m.writeFile("s", pattern(8*kib, 1))
+		backing, err := os.ReadFile("/sys/block/" + strings.TrimPrefix(m.d.Device("s"), "/dev/") + "/loop/backing_file")
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := os.Open(strings.TrimSpace(string(backing)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		f, err := os.OpenFile(m.path("s"), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		size := int64(8 * kib)
+		for i, op := range []struct {
+			name string
+			do   func(size int64) error
+		}{
+			{"chmod", func(int64) error { return f.Chmod(0o600) }},
+			{"utimes", func(int64) error { return os.Chtimes(m.path("s"), time.Now(), time.Unix(1e9, 0)) }},
+			{"truncate", func(size int64) error { return f.Truncate(size + 100) }},
+		} {
+			// Unaligned: through the buffered fd, into the page cache.
+			data := pattern(1000, byte(i+2))
+			if _, err := f.WriteAt(data, size+1); err != nil {
+				t.Fatal(err)
+			}
+			off := size + 1
+			size = off + int64(len(data))
+			var missing error
+			m.d.SetFault(func(o loopdir.Op, name string) error {
+				if o != loopdir.OpSetAttrs || name != "s" || missing != nil {
+					return nil
+				}
+				// Read beneath the block device's cache (not a fork: the
+				// server's Image lock is held here).
+				got := make([]byte, len(data))
+				if _, err := img.ReadAt(got, off); err != nil {
+					missing = err
+				} else if i := firstDiff(got, data); i != len(data) {
+					missing = fmt.Errorf("byte %d of the write at %d is not on the device when the size is saved", i, off)
+				}
+				return nil
+			})
+			err := op.do(size)
+			m.d.SetFault(nil)
+			if err != nil {
+				t.Fatalf("%s: %v", op.name, err)
+			}
+			if missing != nil {
+				t.Fatalf("%s: %v", op.name, missing)
+			}
+			if op.name == "truncate" {
+				size += 100
+			}
+		}
+	})
 }
