@@ -392,6 +392,10 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.truncateLocked(ctx, size)
+}
+
+func (n *Image) truncateLocked(ctx context.Context, size int64) syscall.Errno {
 	cur := n.size.Load()
 	if size == cur {
 		return 0

@@ -744,3 +744,39 @@ func TestSetattrFlushesGrownSize(t *testing.T) {
 		}
 	})
 }
+
+// open(O_TRUNC) for writing of a file whose device is read-only fails
+// with EROFS and leaves the file as it was: the refusal comes before the
+// truncation, not after it.
+func TestOpenTruncRefusedKeepsFile(t *testing.T) {
+	forEachMount(t, func(t *testing.T, m *testMount) {
+		data := pattern(8*kib, 5)
+		m.writeFile("ro", data)
+		dev, err := os.Open(m.d.Device("ro"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		setRO := func(ro int) {
+			t.Helper()
+			if err := unix.IoctlSetPointerInt(int(dev.Fd()), unix.BLKROSET, ro); err != nil {
+				t.Fatalf("BLKROSET %d: %v", ro, err)
+			}
+		}
+		setRO(1)
+		t.Cleanup(func() { setRO(0); dev.Close() })
+		f, err := os.OpenFile(m.path("ro"), os.O_WRONLY|os.O_TRUNC, 0)
+		if err == nil {
+			f.Close()
+		}
+		if !errors.Is(err, syscall.EROFS) {
+			t.Fatalf("open(O_TRUNC) on a read-only device: %v, want EROFS", err)
+		}
+		if st, err := os.Stat(m.path("ro")); err != nil || st.Size() != int64(len(data)) {
+			t.Fatalf("after the refused open(O_TRUNC): %v, %v; want %d bytes", st, err, len(data))
+		}
+		m.checkFile("ro", data)
+		if v, _ := m.volume("ro"); v.Attrs.Size >= 0 && v.Attrs.Size != int64(len(data)) {
+			t.Fatalf("saved size %d after the refused open(O_TRUNC), want %d", v.Attrs.Size, len(data))
+		}
+	})
+}
