@@ -469,6 +469,15 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 // createLocked gives a pending file its volume.
 func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errno {
 	cr := n.root.drv.(volmap.Creator) // pending files exist only for Creators
+	// Unlink and rename change a pending file's name only under mu
+	// (Root.unlinkPending, Root.renamePending), so the name cannot change
+	// while the volume is made; a file that is no longer listed under its
+	// name (removed, renamed) must not get a volume under that name.
+	if !n.listedPendingLocked() {
+		n.root.log.Warn("a file without a volume is no longer listed under its name; no volume made",
+			slog.String("volume", n.name))
+		return syscall.ESTALE
+	}
 	a := n.attrs.Clone()
 	a.Size = n.size.Load()
 	v, err := cr.Create(ctx, n.name, want, a)
@@ -495,6 +504,19 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 		}
 		return errno
 	}
+	if !n.listedPendingLocked() {
+		// Cannot happen while unlink and rename take mu; should it, the
+		// volume just made is for a name that is no longer this file's.
+		n.root.log.Error("a file was removed or renamed while its volume was made; removing that volume",
+			slog.String("volume", n.name))
+		if rm, ok := n.root.drv.(volmap.Remover); ok {
+			if err := rm.Remove(context.WithoutCancel(ctx), n.name); err != nil {
+				n.root.log.Error("removing the volume of a removed file failed",
+					slog.String("volume", n.name), slog.Any("err", err))
+			}
+		}
+		return syscall.ESTALE
+	}
 	n.vol = v
 	n.devSize = v.Size
 	n.saved = v.Attrs.Clone()
@@ -509,6 +531,14 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 		return n.openDeviceLocked(ctx)
 	}
 	return 0
+}
+
+// listedPendingLocked reports whether the file is still pending and listed
+// as pending under its name.
+func (n *Image) listedPendingLocked() bool {
+	n.root.mu.Lock()
+	defer n.root.mu.Unlock()
+	return n.pending && !n.gone && n.root.pending[n.name] == n
 }
 
 // materialize creates the volume of a pending file now (rename over an

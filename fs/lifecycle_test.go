@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -779,4 +780,69 @@ func TestOpenTruncRefusedKeepsFile(t *testing.T) {
 			t.Fatalf("saved size %d after the refused open(O_TRUNC), want %d", v.Attrs.Size, len(data))
 		}
 	})
+}
+
+// A file without a volume yet that is removed or renamed while its volume
+// is being made (by the close of the file) ends with no volume under the
+// removed name, and with its volume under the new name: unlink and rename
+// wait for the creation and act on what it made.
+func TestPendingChangedWhileCreated(t *testing.T) {
+	for _, c := range []struct {
+		op    string
+		do    func(m *testMount) error
+		after string // the name the volume must have in the end, "" for none
+	}{
+		{"unlink", func(m *testMount) error { return os.Remove(m.path("p")) }, ""},
+		{"rename", func(m *testMount) error { return os.Rename(m.path("p"), m.path("q")) }, "q"},
+	} {
+		t.Run(c.op, func(t *testing.T) {
+			// The creation is held before the driver takes its lock, so
+			// that the unlink or rename can run meanwhile (their lookups
+			// go to the driver), as with a slow lvcreate.
+			started, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			m := newTestMount(t, mountConfig{BeforeCreate: func(string) {
+				once.Do(func() { close(started); <-release })
+			}})
+			f, err := os.Create(m.path("p"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- f.Close() }() // FLUSH makes the volume
+			<-started
+			done := make(chan error, 1)
+			go func() { done <- c.do(m) }()
+			// Unlink and rename of a pending file need no driver call:
+			// without waiting for the creation they are done in
+			// milliseconds.
+			select {
+			case err := <-done:
+				done <- err
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(release)
+			if err := <-closed; err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("%s: %v", c.op, err)
+			}
+			m.waitNoDetached()
+			if _, ok := m.volume("p"); ok {
+				t.Fatalf("after the %s, a volume is left under the old name p", c.op)
+			}
+			if c.after != "" {
+				if _, ok := m.volume(c.after); !ok {
+					t.Fatalf("after the rename, no volume %q", c.after)
+				}
+				if st, err := os.Stat(m.path(c.after)); err != nil || st.Size() != 0 {
+					t.Fatalf("stat %s: %v, %v", c.after, st, err)
+				}
+			}
+			if got := names(t, m.dir); !slices.Equal(got, slices.DeleteFunc([]string{c.after}, func(s string) bool { return s == "" })) {
+				t.Fatalf("listed after the %s: %v", c.op, got)
+			}
+		})
+	}
 }
