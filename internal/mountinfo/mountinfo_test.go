@@ -36,3 +36,16 @@ func TestParse(t *testing.T) {
 		t.Errorf("Find(/proc) = %+v %v", m, ok)
 	}
 }
+
+func TestAll(t *testing.T) {
+	all, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all {
+		if m.Dir == "/proc" && m.FSType == "proc" {
+			return
+		}
+	}
+	t.Fatalf("All lists no proc at /proc: %+v", all)
+}

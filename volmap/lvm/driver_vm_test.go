@@ -24,6 +24,9 @@ import (
 	"time"
 	"unsafe"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/volfs/volfs/integration/vm"
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
@@ -1010,5 +1013,42 @@ func TestActsByIdentity(t *testing.T) {
 	}
 	if _, ok := e.lvs()["rm"]; ok {
 		t.Fatal("rm not removed")
+	}
+}
+
+// lvm's scans never read a loop device over a file of a FUSE mount: if the
+// FUSE server were this process, busy with the request that waits for the
+// scan, the read would never be answered (a deadlock that no kill ends,
+// the read waiting in the block layer). Here the server is this test
+// process and counts the reads that reach it while the driver starts
+// (its vgs and the pvs that looks for the VG's PVs, the scan that
+// rediscoverPVs repeats while serving).
+func TestScanSkipsFUSELoops(t *testing.T) {
+	e := newEnv(t)
+	disk := &countedDisk{}
+	mnt := t.TempDir()
+	srv, err := gofs.Mount(mnt, disk, &gofs.Options{MountOptions: fuse.MountOptions{DirectMount: true, FsName: "counted"}})
+	if err != nil {
+		t.Fatalf("FUSE mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	loop := strings.TrimSpace(e.sh("losetup", "--find", "--show", filepath.Join(mnt, "disk")))
+	t.Cleanup(func() { e.try("losetup", "-d", loop) })
+	disk.reads.Store(0)
+	d := e.driver(lvm.Config{})
+	if _, err := d.List(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := disk.reads.Load(); n != 0 {
+		t.Fatalf("lvm read %s, a loop device over a file of a FUSE mount, %d times", loop, n)
+	}
+	// The loop device is still readable (the count works).
+	e.sh("dd", "if="+loop, "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
+	if disk.reads.Load() == 0 {
+		t.Fatal("a read of the loop device did not reach the FUSE server")
 	}
 }
