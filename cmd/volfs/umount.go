@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/volfs/volfs/internal/fusectl"
 	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/internal/proc"
 )
@@ -145,7 +146,7 @@ func pidNote(srv proc.ID, running bool) string {
 // ENOTCONN, the server's reads of /dev/fuse fail), unmount, lazily when the
 // mount is in use, then make sure the server is gone.
 func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, running bool, deadline time.Time) error {
-	abortErr := within(deadline, func() error { return abortConnection(m) })
+	abortErr := within(deadline, func() error { return fusectl.Abort(m, true) })
 	err := within(deadline, func() error { return unix.Unmount(mnt, unix.MNT_FORCE) })
 	var busy string
 	if errors.Is(err, syscall.EBUSY) {
@@ -167,35 +168,6 @@ func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, runn
 		fmt.Fprintf(os.Stderr, "volfs: %s was in use by %s: detached; they get ENOTCONN\n", mnt, busy)
 	}
 	return nil
-}
-
-// abortConnection writes to /sys/fs/fuse/connections/N/abort, N being the
-// mount's device number. Where fusectl is not mounted there, it is mounted
-// on a private directory for the moment.
-func abortConnection(m mountinfo.Mount) error {
-	conn := fmt.Sprint(m.Major<<20 | m.Minor) // the kernel's own dev_t encoding
-	abort := func(dir string) error {
-		return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
-	}
-	const dir = "/sys/fs/fuse/connections"
-	if _, err := os.Stat(filepath.Join(dir, conn)); err == nil {
-		return abort(dir)
-	}
-	return withFusectl(abort)
-}
-
-// withFusectl mounts fusectl on a private directory while f runs.
-func withFusectl(f func(dir string) error) error {
-	tmp, err := os.MkdirTemp("", "volfs-fusectl-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
-		return fmt.Errorf("mount fusectl: %w", err)
-	}
-	defer func() { _ = unix.Unmount(tmp, unix.MNT_DETACH) }()
-	return f(tmp)
 }
 
 // kill stops a server that outlived its mount's connection: it is woken

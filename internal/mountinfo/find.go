@@ -39,6 +39,23 @@ func Find(dir string) (Mount, bool) {
 	return found, ok
 }
 
+// FindFUSE returns the FUSE mount on top of dir (the last one mounted
+// there of type fuse or fuse.*), reading only /proc/self/mountinfo.
+func FindFUSE(dir string) (Mount, bool) {
+	all, err := All()
+	if err != nil {
+		return Mount{}, false
+	}
+	var found Mount
+	ok := false
+	for _, m := range all {
+		if m.Dir == dir && (m.FSType == "fuse" || strings.HasPrefix(m.FSType, "fuse.")) {
+			found, ok = m, true
+		}
+	}
+	return found, ok
+}
+
 func parse(line string) (Mount, bool) {
 	fields := strings.Fields(line)
 	if len(fields) < 10 {

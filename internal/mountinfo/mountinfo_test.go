@@ -49,3 +49,9 @@ func TestAll(t *testing.T) {
 	}
 	t.Fatalf("All lists no proc at /proc: %+v", all)
 }
+
+func TestFindFUSE(t *testing.T) {
+	if m, ok := FindFUSE("/proc"); ok {
+		t.Errorf("FindFUSE(/proc) = %+v: proc is not FUSE", m)
+	}
+}
