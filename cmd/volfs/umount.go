@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/volfs/volfs/internal/fusectl"
 	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/internal/proc"
+	"github.com/volfs/volfs/internal/procfs"
 )
 
 type umountCmd struct {
@@ -196,32 +198,20 @@ func (c *umountCmd) kill(mnt string, srv proc.ID, deadline time.Time) error {
 	return nil
 }
 
-// holdersWithin is holders, given up at the deadline: reading /proc/PID of
-// a process in the middle of exec waits until it is done, and an exec that
-// closes a file of a wedged mount waits for the server.
+// holdersWithin lists the processes with a file, directory, cwd or root
+// under dir, given up at the deadline: reading /proc/PID of a process in
+// the middle of exec waits until it is done, and an exec that closes a
+// file of a wedged mount waits for the server.
 func holdersWithin(dir string, deadline time.Time) string {
-	var h string
-	if err := within(deadline, func() error { h = holders(dir); return nil }); err != nil {
-		return "processes that could not be listed in time"
-	}
-	return h
-}
-
-// holders lists the processes with a file, directory or cwd under dir.
-func holders(dir string) string {
-	procs, _ := filepath.Glob("/proc/[0-9]*")
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	procs, complete := procfs.Users(ctx, dir)
 	var out []string
 	for _, p := range procs {
-		links, _ := filepath.Glob(p + "/fd/*")
-		links = append(links, p+"/cwd", p+"/root")
-		for _, l := range links {
-			t, err := os.Readlink(l)
-			if err == nil && (t == dir || strings.HasPrefix(t, dir+"/")) {
-				comm, _ := os.ReadFile(p + "/comm")
-				out = append(out, fmt.Sprintf("%s (pid %s)", strings.TrimSpace(string(comm)), filepath.Base(p)))
-				break
-			}
-		}
+		out = append(out, fmt.Sprintf("%s (pid %d)", p.Command, p.PID))
+	}
+	if !complete {
+		out = append(out, "processes that could not be listed in time")
 	}
 	return strings.Join(out, ", ")
 }
