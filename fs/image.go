@@ -538,7 +538,7 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 func (n *Image) listedPendingLocked() bool {
 	n.root.mu.Lock()
 	defer n.root.mu.Unlock()
-	return n.pending && !n.gone && n.root.pending[n.name] == n
+	return n.root.pendingAsLocked(n, n.name)
 }
 
 // materialize creates the volume of a pending file now (rename over an

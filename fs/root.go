@@ -388,12 +388,18 @@ func (r *Root) unlinkPending(name string, p *Image) bool {
 	defer p.mu.Unlock()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.pending[name] != p || !p.pending || p.name != name {
+	if !r.pendingAsLocked(p, name) {
 		return false
 	}
 	delete(r.pending, name)
 	p.gone, p.pending = true, false
 	return true
+}
+
+// pendingAsLocked reports whether p is a file without a volume listed
+// under name. Both p.mu and r.mu are held.
+func (r *Root) pendingAsLocked(p *Image, name string) bool {
+	return p.pending && !p.gone && p.name == name && r.pending[name] == p
 }
 
 // renamePending renames a file that has no volume yet over a name that has
@@ -412,10 +418,7 @@ func (r *Root) renamePending(p, tp *Image, name, newName string) (done bool) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.pending[name] != p || !p.pending || p.name != name {
-		return false
-	}
-	if tp != nil && (r.pending[newName] != tp || !tp.pending) {
+	if !r.pendingAsLocked(p, name) || tp != nil && !r.pendingAsLocked(tp, newName) {
 		return false
 	}
 	if tp == nil && r.pending[newName] != nil {
