@@ -151,7 +151,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	// scan every device but those a FUSE server may have to serve
 	// (scan.go).
 	if help, err := d.lvm.help(ctx, "lvs"); err == nil && strings.Contains(help, "--devices") {
-		devs, skipped := scanDevices()
+		devs, skipped := d.scanLimit(ctx)
 		d.logSkipped(skipped)
 		d.lvm.SetDevices(devs)
 	}
@@ -553,7 +553,7 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 	// which may be this process, busy with the request that waits for
 	// this scan (scan.go).
 	scan := &Runner{Path: d.lvm.Path, Config: d.lvm.Config, Log: d.lvm.Log, CancelGrace: d.lvm.CancelGrace}
-	devs, skipped := scanDevices()
+	devs, skipped := d.scanLimit(ctx)
 	d.logSkipped(skipped)
 	scan.SetDevices(devs)
 	out, err := scan.Report(ctx, "pvs", "pv_name,vg_name")

@@ -1,6 +1,7 @@
 package lvm
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +27,19 @@ import (
 // them, and loop devices over files on file systems mounted from any of
 // those). Only /sys and /proc/self/mountinfo are read to decide: nothing
 // here opens a device or touches a FUSE mount.
+
+// Where lvm uses a devices file, its scans are limited to the devices
+// listed there already, and no list is given (it would override the file);
+// a loop device over a file of a FUSE mount must then not be added to it.
+
+// scanLimit returns the --devices list for lvm's scans (nil: none, lvm's
+// devices file limits them) and the devices left out.
+func (d *Driver) scanLimit(ctx context.Context) (devs, skipped []string) {
+	if d.lvm.devicesFileInUse(ctx) {
+		return nil, nil
+	}
+	return scanDevices()
+}
 
 // scanDevices returns the block devices lvm may scan (as /dev paths,
 // sorted) and those it must not.
