@@ -189,17 +189,6 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 	if write && n.root.readOnly {
 		return nil, 0, syscall.EROFS
 	}
-	if flags&syscall.O_TRUNC != 0 && write {
-		// With CAP_ATOMIC_O_TRUNC the kernel passes O_TRUNC here. A
-		// block device opened with O_TRUNC keeps its bytes and size, and
-		// so does a file of a driver that cannot resize (cp and dd onto a
-		// device file work as on the device itself).
-		if _, ok := n.root.drv.(volmap.Resizer); ok {
-			if errno := n.truncate(ctx, 0); errno != 0 {
-				return nil, 0, errno
-			}
-		}
-	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.gone && n.dev.Load() == nil {
@@ -231,6 +220,21 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 					slog.String("volume", n.name))
 				n.undoOpenLocked()
 				return nil, 0, syscall.EROFS
+			}
+		}
+	}
+	if flags&syscall.O_TRUNC != 0 && write {
+		// With CAP_ATOMIC_O_TRUNC the kernel passes O_TRUNC here. Only
+		// now, once every refusal above (a removed file, a read-only
+		// device, a device that cannot be opened) has had its say: an
+		// open that fails must not have emptied the file. A block device
+		// opened with O_TRUNC keeps its bytes and size, and so does a
+		// file of a driver that cannot resize (cp and dd onto a device
+		// file work as on the device itself).
+		if _, ok := n.root.drv.(volmap.Resizer); ok {
+			if errno := n.truncateLocked(ctx, 0); errno != 0 {
+				n.undoOpenLocked()
+				return nil, 0, errno
 			}
 		}
 	}

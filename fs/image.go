@@ -374,7 +374,7 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 		n.written.Store(false) // an explicit mtime wins over earlier writes
 	}
 	n.attrs.Ctime = now
-	errno := n.persistLocked(ctx)
+	errno := n.persistFlushedLocked(ctx, "flush before setattr")
 	if errno != 0 {
 		// Not saved: the change did not happen, and a later save does
 		// not trip over it.
@@ -392,6 +392,10 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	return n.truncateLocked(ctx, size)
+}
+
+func (n *Image) truncateLocked(ctx context.Context, size int64) syscall.Errno {
 	cur := n.size.Load()
 	if size == cur {
 		return 0
@@ -426,7 +430,7 @@ func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 	if n.opens == 0 {
 		n.trimLocked(ctx)
 	}
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before truncate")
 }
 
 // growDeviceLocked makes the device hold at least need bytes, asking for
@@ -465,6 +469,15 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 // createLocked gives a pending file its volume.
 func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errno {
 	cr := n.root.drv.(volmap.Creator) // pending files exist only for Creators
+	// Unlink and rename change a pending file's name only under mu
+	// (Root.unlinkPending, Root.renamePending), so the name cannot change
+	// while the volume is made; a file that is no longer listed under its
+	// name (removed, renamed) must not get a volume under that name.
+	if !n.listedPendingLocked() {
+		n.root.log.Warn("a file without a volume is no longer listed under its name; no volume made",
+			slog.String("volume", n.name))
+		return syscall.ESTALE
+	}
 	a := n.attrs.Clone()
 	a.Size = n.size.Load()
 	v, err := cr.Create(ctx, n.name, want, a)
@@ -491,6 +504,19 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 		}
 		return errno
 	}
+	if !n.listedPendingLocked() {
+		// Cannot happen while unlink and rename take mu; should it, the
+		// volume just made is for a name that is no longer this file's.
+		n.root.log.Error("a file was removed or renamed while its volume was made; removing that volume",
+			slog.String("volume", n.name))
+		if rm, ok := n.root.drv.(volmap.Remover); ok {
+			if err := rm.Remove(context.WithoutCancel(ctx), n.name); err != nil {
+				n.root.log.Error("removing the volume of a removed file failed",
+					slog.String("volume", n.name), slog.Any("err", err))
+			}
+		}
+		return syscall.ESTALE
+	}
 	n.vol = v
 	n.devSize = v.Size
 	n.saved = v.Attrs.Clone()
@@ -505,6 +531,14 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 		return n.openDeviceLocked(ctx)
 	}
 	return 0
+}
+
+// listedPendingLocked reports whether the file is still pending and listed
+// as pending under its name.
+func (n *Image) listedPendingLocked() bool {
+	n.root.mu.Lock()
+	defer n.root.mu.Unlock()
+	return n.root.pendingAsLocked(n, n.name)
 }
 
 // materialize creates the volume of a pending file now (rename over an
@@ -673,6 +707,51 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 	return 0
 }
 
+// persistFlushedLocked persists attributes from a path that has not
+// flushed the device (chmod, utimes, truncate, xattrs): every save writes
+// the logical size too, and a size that changed since the last save may
+// cover bytes of writes still in the page cache or the device's write
+// cache. They are flushed first, under mu as fsync does (fc884b0), so no
+// extending write can slip in between: a crash must never show a size
+// over data that never reached the device. A failed flush saves nothing.
+func (n *Image) persistFlushedLocked(ctx context.Context, op string) syscall.Errno {
+	if !n.pending && !n.gone && n.sizeChangedLocked() {
+		if errno := n.flushDeviceLocked(ctx, op); errno != 0 {
+			return errno
+		}
+	}
+	return n.persistLocked(ctx)
+}
+
+// flushDeviceLocked fdatasyncs the device: the open one (its write-back
+// error recorded for the open files, errSeq), or, for a file nobody has
+// open (truncate of a closed file zeroes through a temporary O_DIRECT
+// fd, whose bytes may still be in the device's write cache), a temporary
+// fd. Lock order: mu before syncMu.
+func (n *Image) flushDeviceLocked(ctx context.Context, op string) syscall.Errno {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	if d := n.acquireDevice(); d != nil {
+		err := unix.Fdatasync(int(d.buffered.Fd()))
+		d.release()
+		if err != nil {
+			errno := n.root.toErrno(op, n.name, err)
+			n.wbErr.set(errno)
+			return errno
+		}
+		return 0
+	}
+	f, err := n.openDeviceFile(ctx, os.O_RDONLY|syscall.O_CLOEXEC)
+	if err != nil {
+		return n.root.toErrno(op, n.name, err)
+	}
+	defer f.Close()
+	if err := unix.Fdatasync(int(f.Fd())); err != nil {
+		return n.root.toErrno(op, n.name, err)
+	}
+	return 0
+}
+
 // persistForSyncLocked persists attributes for fsync. Their failure never
 // fails the fsync of the data (it is logged), with one exception: a changed
 // size that cannot be recorded, since fsync promises what is needed to read
@@ -823,7 +902,7 @@ func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags ui
 	}
 	n.attrs.Xattrs[attr] = append([]byte(nil), data...)
 	n.attrs.Ctime = time.Now()
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before setxattr")
 }
 
 // Removexattr deletes a stored attribute.
@@ -841,5 +920,5 @@ func (n *Image) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	}
 	delete(n.attrs.Xattrs, attr)
 	n.attrs.Ctime = time.Now()
-	return n.persistLocked(ctx)
+	return n.persistFlushedLocked(ctx, "flush before removexattr")
 }

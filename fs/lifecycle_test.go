@@ -10,9 +10,11 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -673,4 +675,174 @@ func TestRemount(t *testing.T) {
 		t.Fatalf("xattr after remount: %q, %v", b[:n], err)
 	}
 	m.checkFile("p", data)
+}
+
+// chmod, utimes and truncate save the file's attributes, the logical size
+// among them: a size grown by writes still in the device's page cache is
+// saved only after they are flushed, else a crash shows a file whose size
+// covers bytes that never reached the device. The driver checks, when the
+// size is saved, that the bytes are in the loop device's backing file
+// (what the device holds, beneath its page cache).
+func TestSetattrFlushesGrownSize(t *testing.T) {
+	forEachMount(t, func(t *testing.T, m *testMount) {
+		m.writeFile("s", pattern(8*kib, 1))
+		backing, err := os.ReadFile("/sys/block/" + strings.TrimPrefix(m.d.Device("s"), "/dev/") + "/loop/backing_file")
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := os.Open(strings.TrimSpace(string(backing)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		f, err := os.OpenFile(m.path("s"), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		size := int64(8 * kib)
+		for i, op := range []struct {
+			name string
+			do   func(size int64) error
+		}{
+			{"chmod", func(int64) error { return f.Chmod(0o600) }},
+			{"utimes", func(int64) error { return os.Chtimes(m.path("s"), time.Now(), time.Unix(1e9, 0)) }},
+			{"truncate", func(size int64) error { return f.Truncate(size + 100) }},
+		} {
+			// Unaligned: through the buffered fd, into the page cache.
+			data := pattern(1000, byte(i+2))
+			if _, err := f.WriteAt(data, size+1); err != nil {
+				t.Fatal(err)
+			}
+			off := size + 1
+			size = off + int64(len(data))
+			var missing error
+			m.d.SetFault(func(o loopdir.Op, name string) error {
+				if o != loopdir.OpSetAttrs || name != "s" || missing != nil {
+					return nil
+				}
+				// Read beneath the block device's cache (not a fork: the
+				// server's Image lock is held here).
+				got := make([]byte, len(data))
+				if _, err := img.ReadAt(got, off); err != nil {
+					missing = err
+				} else if i := firstDiff(got, data); i != len(data) {
+					missing = fmt.Errorf("byte %d of the write at %d is not on the device when the size is saved", i, off)
+				}
+				return nil
+			})
+			err := op.do(size)
+			m.d.SetFault(nil)
+			if err != nil {
+				t.Fatalf("%s: %v", op.name, err)
+			}
+			if missing != nil {
+				t.Fatalf("%s: %v", op.name, missing)
+			}
+			if op.name == "truncate" {
+				size += 100
+			}
+		}
+	})
+}
+
+// open(O_TRUNC) for writing of a file whose device is read-only fails
+// with EROFS and leaves the file as it was: the refusal comes before the
+// truncation, not after it.
+func TestOpenTruncRefusedKeepsFile(t *testing.T) {
+	forEachMount(t, func(t *testing.T, m *testMount) {
+		data := pattern(8*kib, 5)
+		m.writeFile("ro", data)
+		dev, err := os.Open(m.d.Device("ro"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		setRO := func(ro int) {
+			t.Helper()
+			if err := unix.IoctlSetPointerInt(int(dev.Fd()), unix.BLKROSET, ro); err != nil {
+				t.Fatalf("BLKROSET %d: %v", ro, err)
+			}
+		}
+		setRO(1)
+		t.Cleanup(func() { setRO(0); dev.Close() })
+		f, err := os.OpenFile(m.path("ro"), os.O_WRONLY|os.O_TRUNC, 0)
+		if err == nil {
+			f.Close()
+		}
+		if !errors.Is(err, syscall.EROFS) {
+			t.Fatalf("open(O_TRUNC) on a read-only device: %v, want EROFS", err)
+		}
+		if st, err := os.Stat(m.path("ro")); err != nil || st.Size() != int64(len(data)) {
+			t.Fatalf("after the refused open(O_TRUNC): %v, %v; want %d bytes", st, err, len(data))
+		}
+		m.checkFile("ro", data)
+		if v, _ := m.volume("ro"); v.Attrs.Size >= 0 && v.Attrs.Size != int64(len(data)) {
+			t.Fatalf("saved size %d after the refused open(O_TRUNC), want %d", v.Attrs.Size, len(data))
+		}
+	})
+}
+
+// A file without a volume yet that is removed or renamed while its volume
+// is being made (by the close of the file) ends with no volume under the
+// removed name, and with its volume under the new name: unlink and rename
+// wait for the creation and act on what it made.
+func TestPendingChangedWhileCreated(t *testing.T) {
+	for _, c := range []struct {
+		op    string
+		do    func(m *testMount) error
+		after string // the name the volume must have in the end, "" for none
+	}{
+		{"unlink", func(m *testMount) error { return os.Remove(m.path("p")) }, ""},
+		{"rename", func(m *testMount) error { return os.Rename(m.path("p"), m.path("q")) }, "q"},
+	} {
+		t.Run(c.op, func(t *testing.T) {
+			// The creation is held before the driver takes its lock, so
+			// that the unlink or rename can run meanwhile (their lookups
+			// go to the driver), as with a slow lvcreate.
+			started, release := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			m := newTestMount(t, mountConfig{BeforeCreate: func(string) {
+				once.Do(func() { close(started); <-release })
+			}})
+			f, err := os.Create(m.path("p"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			closed := make(chan error, 1)
+			go func() { closed <- f.Close() }() // FLUSH makes the volume
+			<-started
+			done := make(chan error, 1)
+			go func() { done <- c.do(m) }()
+			// Unlink and rename of a pending file need no driver call:
+			// without waiting for the creation they are done in
+			// milliseconds.
+			select {
+			case err := <-done:
+				done <- err
+			case <-time.After(300 * time.Millisecond):
+			}
+			close(release)
+			if err := <-closed; err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			if err := <-done; err != nil {
+				t.Fatalf("%s: %v", c.op, err)
+			}
+			m.waitNoDetached()
+			if _, ok := m.volume("p"); ok {
+				t.Fatalf("after the %s, a volume is left under the old name p", c.op)
+			}
+			if c.after != "" {
+				if _, ok := m.volume(c.after); !ok {
+					t.Fatalf("after the rename, no volume %q", c.after)
+				}
+				if st, err := os.Stat(m.path(c.after)); err != nil || st.Size() != 0 {
+					t.Fatalf("stat %s: %v, %v", c.after, st, err)
+				}
+			}
+			if got := names(t, m.dir); !slices.Equal(got, slices.DeleteFunc([]string{c.after}, func(s string) bool { return s == "" })) {
+				t.Fatalf("listed after the %s: %v", c.op, got)
+			}
+		})
+	}
 }

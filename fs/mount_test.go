@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/volfs/volfs/internal/testutil"
+	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/loopdir"
 )
@@ -50,6 +51,20 @@ type mountConfig struct {
 	// NoDetacher hides the Detacher capability: a removed open file
 	// cannot keep its volume.
 	NoDetacher bool
+	// BeforeCreate, if set, runs at each Create before the driver takes
+	// its lock (a test holds a creation there, as a slow lvcreate would).
+	BeforeCreate func(name string)
+}
+
+// hookedCreate is loopdir with a hook before each Create.
+type hookedCreate struct {
+	*loopdir.Driver
+	before func(name string)
+}
+
+func (h hookedCreate) Create(ctx context.Context, name string, size int64, a meta.Attrs) (volmap.Volume, error) {
+	h.before(name)
+	return h.Driver.Create(ctx, name, size, a)
 }
 
 // withoutDetacher is a driver with every capability of loopdir but
@@ -106,6 +121,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	}
 	if cfg.NoDetacher {
 		drv = withoutDetacher{d, d, d, d, d, d, d, d}
+	}
+	if cfg.BeforeCreate != nil {
+		drv = hookedCreate{d, cfg.BeforeCreate}
 	}
 	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +17,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/volfs/volfs/internal/fusectl"
+	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/internal/uring"
 )
 
@@ -460,9 +460,13 @@ func (s *ringServer) runQueue(qid int, errs chan<- error) {
 func (s *ringServer) abort(qid int, err error) {
 	s.abortd.Do(func() {
 		how := "through fusectl"
-		conn, aerr := fuseConnection(s.dir)
-		if aerr == nil {
-			aerr = os.WriteFile(filepath.Join(conn, "abort"), []byte("1"), 0)
+		// A stat of the mount point would be a request to this very
+		// server: the mount is found in /proc/self/mountinfo.
+		var aerr error
+		if m, ok := mountinfo.FindFUSE(s.dir); ok {
+			aerr = fusectl.Abort(m, false)
+		} else {
+			aerr = fmt.Errorf("no FUSE mount at %s in /proc/self/mountinfo", s.dir)
 		}
 		if aerr != nil {
 			// No fusectl (/sys/fs/fuse/connections not mounted): a
@@ -485,59 +489,6 @@ func (s *ringServer) abort(qid int, err error) {
 			"to /dev/fuse): unmount and mount again, with --io-uring=false to serve without io_uring",
 			slog.Int("queue", qid), slog.Any("err", err), slog.String("how", how))
 	})
-}
-
-// fuseConnection returns the /sys/fs/fuse/connections directory of the
-// FUSE mount at dir (the last one mounted there), found in
-// /proc/self/mountinfo: a stat of the mount point would be a request to
-// this very server.
-func fuseConnection(dir string) (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	conn := ""
-	for _, line := range strings.Split(string(b), "\n") {
-		// id parent major:minor root mountpoint options... - fstype source ...
-		f := strings.Fields(line)
-		sep := slices.Index(f, "-")
-		if sep < 5 || sep+1 >= len(f) || unescapeMountinfo(f[4]) != dir ||
-			(f[sep+1] != "fuse" && !strings.HasPrefix(f[sep+1], "fuse.")) {
-			continue
-		}
-		majS, minS, _ := strings.Cut(f[2], ":")
-		maj, err1 := strconv.ParseUint(majS, 10, 32)
-		mnr, err2 := strconv.ParseUint(minS, 10, 32)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		// The directory is named after the kernel's dev_t of the mount.
-		conn = "/sys/fs/fuse/connections/" + strconv.FormatUint(maj<<20|mnr, 10)
-	}
-	if conn == "" {
-		return "", fmt.Errorf("no FUSE mount at %s in /proc/self/mountinfo", dir)
-	}
-	return conn, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of a path
-// in /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // testFailQueue is fault injection for the integration tests: the queue

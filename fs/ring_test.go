@@ -194,19 +194,6 @@ func TestRingEntryRearmed(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		"/mnt/a":             "/mnt/a",
-		`/mnt/with\040space`: "/mnt/with space",
-		`/mnt/back\134slash`: `/mnt/back\slash`,
-		`/mnt/odd\04`:        `/mnt/odd\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestRingProcs(t *testing.T) {
 	nq, err := possibleCPUs()
 	if err != nil {

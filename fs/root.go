@@ -335,13 +335,11 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 		return syscall.EROFS
 	}
 	r.mu.Lock()
-	if p := r.pending[name]; p != nil {
-		delete(r.pending, name)
-		r.mu.Unlock()
-		p.unlinked()
+	p := r.pending[name]
+	r.mu.Unlock()
+	if p != nil && r.unlinkPending(name, p) {
 		return 0
 	}
-	r.mu.Unlock()
 	rm, ok := r.drv.(volmap.Remover)
 	if !ok {
 		r.log.Warn("remove refused: this driver exposes existing devices and cannot remove them",
@@ -380,9 +378,71 @@ func (r *Root) Unlink(ctx context.Context, name string) syscall.Errno {
 	return 0
 }
 
+// unlinkPending removes a file that has no volume yet. It holds the file's
+// lock while it checks and removes it: a createLocked under way (a write,
+// a close) finishes first, and then either the file is still pending
+// (no volume will ever be made for the removed name) or it has its
+// volume, and false tells the caller to remove it as any file.
+func (r *Root) unlinkPending(name string, p *Image) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.pendingAsLocked(p, name) {
+		return false
+	}
+	delete(r.pending, name)
+	p.gone, p.pending = true, false
+	return true
+}
+
+// pendingAsLocked reports whether p is a file without a volume listed
+// under name. Both p.mu and r.mu are held.
+func (r *Root) pendingAsLocked(p *Image, name string) bool {
+	return p.pending && !p.gone && p.name == name && r.pending[name] == p
+}
+
+// renamePending renames a file that has no volume yet over a name that has
+// none either (no file, or another pending file tp, which it replaces).
+// Like unlinkPending it holds the files' locks, so a createLocked under
+// way finishes first; done is false when one of them got its volume
+// meanwhile, and the rename must then go to the driver. The kernel
+// serializes renames, unlinks and creates in the directory, so taking
+// p's lock and then tp's cannot deadlock with another rename.
+func (r *Root) renamePending(p, tp *Image, name, newName string) (done bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if tp != nil {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.pendingAsLocked(p, name) || tp != nil && !r.pendingAsLocked(tp, newName) {
+		return false
+	}
+	if tp == nil && r.pending[newName] != nil {
+		return false
+	}
+	delete(r.pending, name)
+	r.pending[newName] = p
+	p.name = newName
+	p.changedLocked()
+	if tp != nil {
+		tp.gone, tp.pending = true, false
+	}
+	return true
+}
+
 // Rename renames a volume; over an existing file it replaces it. Lock
 // order: an Image's mu before the root's mu, never the other way.
 func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	return r.rename(ctx, name, newParent, newName, flags, false)
+}
+
+// rename is Rename; retried says that a pending file got its volume while
+// the first attempt ran, and the state is being looked at again.
+func (r *Root) rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32, retried bool) syscall.Errno {
 	if r.readOnly {
 		return syscall.EROFS
 	}
@@ -418,18 +478,16 @@ func (r *Root) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	if p != nil && !targetExists {
 		// Both names are only in memory.
-		r.mu.Lock()
-		delete(r.pending, name)
-		if tp != nil && r.pending[newName] == tp {
-			delete(r.pending, newName)
+		if r.renamePending(p, tp, name, newName) {
+			return 0
 		}
-		r.pending[newName] = p
-		r.mu.Unlock()
-		p.setName(newName)
-		if tp != nil {
-			tp.unlinked()
+		if retried {
+			r.log.Error("rename of a file without a volume: its state kept changing",
+				slog.String("volume", name), slog.String("to", newName))
+			return syscall.EIO
 		}
-		return 0
+		// One of them got its volume meanwhile: look again.
+		return r.rename(ctx, name, newParent, newName, flags, true)
 	}
 	if p != nil {
 		// The pending file needs a volume to take the target's place.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"os/exec"
@@ -48,19 +47,11 @@ func completeMountpoints(_ *cobra.Command, args []string, _ string) ([]string, c
 
 // volfsMounts lists the mount points of fuse.volfs mounts.
 func volfsMounts() []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
+	all, _ := mountinfo.All()
 	var out []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) && len(fields) > 4 && fields[i+1] == "fuse.volfs" {
-				out = append(out, mountinfo.Unescape(fields[4]))
-			}
+	for _, m := range all {
+		if m.FSType == "fuse.volfs" {
+			out = append(out, m.Dir)
 		}
 	}
 	return out

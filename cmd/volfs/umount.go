@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,8 +13,10 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/volfs/volfs/internal/fusectl"
 	"github.com/volfs/volfs/internal/mountinfo"
 	"github.com/volfs/volfs/internal/proc"
+	"github.com/volfs/volfs/internal/procfs"
 )
 
 type umountCmd struct {
@@ -145,7 +148,7 @@ func pidNote(srv proc.ID, running bool) string {
 // ENOTCONN, the server's reads of /dev/fuse fail), unmount, lazily when the
 // mount is in use, then make sure the server is gone.
 func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, running bool, deadline time.Time) error {
-	abortErr := within(deadline, func() error { return abortConnection(m) })
+	abortErr := within(deadline, func() error { return fusectl.Abort(m, true) })
 	err := within(deadline, func() error { return unix.Unmount(mnt, unix.MNT_FORCE) })
 	var busy string
 	if errors.Is(err, syscall.EBUSY) {
@@ -167,35 +170,6 @@ func (c *umountCmd) forceUmount(mnt string, m mountinfo.Mount, srv proc.ID, runn
 		fmt.Fprintf(os.Stderr, "volfs: %s was in use by %s: detached; they get ENOTCONN\n", mnt, busy)
 	}
 	return nil
-}
-
-// abortConnection writes to /sys/fs/fuse/connections/N/abort, N being the
-// mount's device number. Where fusectl is not mounted there, it is mounted
-// on a private directory for the moment.
-func abortConnection(m mountinfo.Mount) error {
-	conn := fmt.Sprint(m.Major<<20 | m.Minor) // the kernel's own dev_t encoding
-	abort := func(dir string) error {
-		return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
-	}
-	const dir = "/sys/fs/fuse/connections"
-	if _, err := os.Stat(filepath.Join(dir, conn)); err == nil {
-		return abort(dir)
-	}
-	return withFusectl(abort)
-}
-
-// withFusectl mounts fusectl on a private directory while f runs.
-func withFusectl(f func(dir string) error) error {
-	tmp, err := os.MkdirTemp("", "volfs-fusectl-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
-		return fmt.Errorf("mount fusectl: %w", err)
-	}
-	defer func() { _ = unix.Unmount(tmp, unix.MNT_DETACH) }()
-	return f(tmp)
 }
 
 // kill stops a server that outlived its mount's connection: it is woken
@@ -224,32 +198,20 @@ func (c *umountCmd) kill(mnt string, srv proc.ID, deadline time.Time) error {
 	return nil
 }
 
-// holdersWithin is holders, given up at the deadline: reading /proc/PID of
-// a process in the middle of exec waits until it is done, and an exec that
-// closes a file of a wedged mount waits for the server.
+// holdersWithin lists the processes with a file, directory, cwd or root
+// under dir, given up at the deadline: reading /proc/PID of a process in
+// the middle of exec waits until it is done, and an exec that closes a
+// file of a wedged mount waits for the server.
 func holdersWithin(dir string, deadline time.Time) string {
-	var h string
-	if err := within(deadline, func() error { h = holders(dir); return nil }); err != nil {
-		return "processes that could not be listed in time"
-	}
-	return h
-}
-
-// holders lists the processes with a file, directory or cwd under dir.
-func holders(dir string) string {
-	procs, _ := filepath.Glob("/proc/[0-9]*")
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	procs, complete := procfs.Users(ctx, dir)
 	var out []string
 	for _, p := range procs {
-		links, _ := filepath.Glob(p + "/fd/*")
-		links = append(links, p+"/cwd", p+"/root")
-		for _, l := range links {
-			t, err := os.Readlink(l)
-			if err == nil && (t == dir || strings.HasPrefix(t, dir+"/")) {
-				comm, _ := os.ReadFile(p + "/comm")
-				out = append(out, fmt.Sprintf("%s (pid %s)", strings.TrimSpace(string(comm)), filepath.Base(p)))
-				break
-			}
-		}
+		out = append(out, fmt.Sprintf("%s (pid %d)", p.Command, p.PID))
+	}
+	if !complete {
+		out = append(out, "processes that could not be listed in time")
 	}
 	return strings.Join(out, ", ")
 }

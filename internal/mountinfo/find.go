@@ -39,6 +39,23 @@ func Find(dir string) (Mount, bool) {
 	return found, ok
 }
 
+// FindFUSE returns the FUSE mount on top of dir (the last one mounted
+// there of type fuse or fuse.*), reading only /proc/self/mountinfo.
+func FindFUSE(dir string) (Mount, bool) {
+	all, err := All()
+	if err != nil {
+		return Mount{}, false
+	}
+	var found Mount
+	ok := false
+	for _, m := range all {
+		if m.Dir == dir && (m.FSType == "fuse" || strings.HasPrefix(m.FSType, "fuse.")) {
+			found, ok = m, true
+		}
+	}
+	return found, ok
+}
+
 func parse(line string) (Mount, bool) {
 	fields := strings.Fields(line)
 	if len(fields) < 10 {
@@ -55,4 +72,24 @@ func parse(line string) (Mount, bool) {
 		}
 	}
 	return Mount{}, false
+}
+
+// All returns every mount of /proc/self/mountinfo, in its order (a later
+// one is on top of an earlier one at the same directory). Like Find, it
+// never touches a mounted directory.
+func All() ([]Mount, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []Mount
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		if m, ok := parse(s.Text()); ok {
+			out = append(out, m)
+		}
+	}
+	return out, s.Err()
 }

@@ -36,3 +36,22 @@ func TestParse(t *testing.T) {
 		t.Errorf("Find(/proc) = %+v %v", m, ok)
 	}
 }
+
+func TestAll(t *testing.T) {
+	all, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all {
+		if m.Dir == "/proc" && m.FSType == "proc" {
+			return
+		}
+	}
+	t.Fatalf("All lists no proc at /proc: %+v", all)
+}
+
+func TestFindFUSE(t *testing.T) {
+	if m, ok := FindFUSE("/proc"); ok {
+		t.Errorf("FindFUSE(/proc) = %+v: proc is not FUSE", m)
+	}
+}

@@ -34,6 +34,49 @@ var stuck sync.Map // pid -> struct{}
 // are the ones found. A process wedged in the kernel delays nobody beyond
 // ctx.
 func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, complete bool) {
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	return scan(ctx, func(pid int) []string { return openUnder(pid, prefix) })
+}
+
+// Users returns the processes that have dir or a path under it open (an
+// fd), as their working directory or as their root, sorted by PID;
+// complete as for FilesUnder.
+func Users(ctx context.Context, dir string) (procs []Process, complete bool) {
+	dir = strings.TrimSuffix(dir, "/")
+	files, complete := scan(ctx, func(pid int) []string {
+		if uses(pid, dir) {
+			return []string{""}
+		}
+		return nil
+	})
+	return files[""], complete
+}
+
+// uses reports whether process pid has an fd, its cwd or its root at dir
+// or under it.
+func uses(pid int, dir string) bool {
+	base := "/proc/" + strconv.Itoa(pid) + "/"
+	links := []string{base + "cwd", base + "root"}
+	if f, err := os.Open(base + "fd"); err == nil {
+		names, _ := f.Readdirnames(-1)
+		f.Close()
+		for _, n := range names {
+			links = append(links, base+"fd/"+n)
+		}
+	}
+	for _, l := range links {
+		if t, err := os.Readlink(l); err == nil && (t == dir || strings.HasPrefix(t, dir+"/")) {
+			return true
+		}
+	}
+	return false
+}
+
+// scan runs examine on every process but this one, a few at a time, and
+// returns the processes by each key examine reported for them; complete
+// is false when a process could not be examined before ctx ended (or is
+// still stuck from an earlier scan).
+func scan(ctx context.Context, examine func(pid int) []string) (files map[string][]Process, complete bool) {
 	type result struct {
 		pid  int
 		comm string
@@ -43,7 +86,6 @@ func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, co
 	if err != nil {
 		return map[string][]Process{}, false
 	}
-	prefix := strings.TrimSuffix(dir, "/") + "/"
 	self := os.Getpid()
 	var pids []int
 	complete = true
@@ -71,7 +113,7 @@ func FilesUnder(ctx context.Context, dir string) (files map[string][]Process, co
 				stuck.Store(pid, struct{}{})
 				defer stuck.Delete(pid)
 				defer func() { <-sem }()
-				r := result{pid: pid, rels: openUnder(pid, prefix)}
+				r := result{pid: pid, rels: examine(pid)}
 				if len(r.rels) > 0 {
 					comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 					r.comm = strings.TrimSpace(string(comm))

@@ -49,3 +49,38 @@ func canceled() context.Context {
 	cancel()
 	return ctx
 }
+
+// Users finds a process whose working directory is under dir, and one
+// holding dir itself open.
+func TestUsers(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inside := exec.Command("sleep", "30")
+	inside.Dir = sub
+	holding := exec.Command("sleep", "30")
+	d, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holding.ExtraFiles = []*os.File{d}
+	for _, c := range []*exec.Cmd{inside, holding} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+	}
+	d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	procs, _ := Users(ctx, dir)
+	found := map[int]bool{}
+	for _, p := range procs {
+		found[p.PID] = true
+	}
+	if !found[inside.Process.Pid] || !found[holding.Process.Pid] || len(procs) != 2 {
+		t.Errorf("Users = %+v, want pids %d and %d", procs, inside.Process.Pid, holding.Process.Pid)
+	}
+}

@@ -297,6 +297,25 @@ func (r *Runner) exec(ctx context.Context, argv []string) ([]byte, error) {
 	return stdout.Bytes(), ce
 }
 
+// devicesFileInUse reports whether lvm limits its scans to the devices of
+// a devices file (devices/use_devicesfile=1, with the runner's --config,
+// and /etc/lvm/devices/system.devices present): an explicit --devices
+// list would override it and let lvm see devices the administrator left
+// out.
+func (r *Runner) devicesFileInUse(ctx context.Context) bool {
+	if _, err := os.Stat("/etc/lvm/devices/system.devices"); err != nil {
+		return false
+	}
+	args := []string{"lvmconfig", "--typeconfig", "full"}
+	if r.Config != "" {
+		args = append(args, "--config", r.Config)
+	}
+	cmd := exec.CommandContext(ctx, r.binary(), append(args, "devices/use_devicesfile")...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
+	out, err := cmd.Output()
+	return err == nil && strings.TrimSpace(string(out)) == "use_devicesfile=1"
+}
+
 // help returns the output of "lvm <command> --help" (which lvm2 writes to
 // stderr or stdout depending on the version).
 func (r *Runner) help(ctx context.Context, command string) (string, error) {

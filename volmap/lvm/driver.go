@@ -148,6 +148,14 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	if d.tag == "" {
 		d.tag = DefaultTag
 	}
+	// Until discoverPVs narrows it to the VG's PVs, every command may
+	// scan every device but those a FUSE server may have to serve
+	// (scan.go).
+	if help, err := d.lvm.help(ctx, "lvs"); err == nil && strings.Contains(help, "--devices") {
+		devs, skipped := d.scanLimit(ctx)
+		d.logSkipped(skipped)
+		d.lvm.SetDevices(devs)
+	}
 	out, err := d.lvm.Report(ctx, "vgs", vgFields, cfg.VG)
 	if err != nil {
 		if errors.Is(err, volmap.ErrNotFound) {
@@ -523,7 +531,7 @@ func (d *Driver) Space(ctx context.Context) (volmap.Space, error) {
 	return s, nil
 }
 
-// discoverPVs finds the VG's PVs with a full scan and limits every later
+// discoverPVs finds the VG's PVs with a scan and limits every later
 // command to them (--devices). volfs must not let lvm scan other devices:
 // a loop device over an image of this very mount (losetup, then mkfs and
 // mount on it) makes every scan of it wait for this server, which may be
@@ -542,7 +550,13 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 			"device over a file of this mount can then deadlock the mount", slog.Any("err", err))
 		return nil
 	}
+	// Not a full scan: no device whose reading may need a FUSE server,
+	// which may be this process, busy with the request that waits for
+	// this scan (scan.go).
 	scan := &Runner{Path: d.lvm.Path, Config: d.lvm.Config, Log: d.lvm.Log, CancelGrace: d.lvm.CancelGrace}
+	devs, skipped := d.scanLimit(ctx)
+	d.logSkipped(skipped)
+	scan.SetDevices(devs)
 	out, err := scan.Report(ctx, "pvs", "pv_name,vg_name")
 	if err != nil {
 		return fmt.Errorf("find the PVs of %s: %w", d.cfg.VG, err)
@@ -570,6 +584,19 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 	return nil
 }
 
+// logSkipped logs, once per set, the devices lvm's scans leave out.
+func (d *Driver) logSkipped(skipped []string) {
+	if len(skipped) > 0 {
+		d.warnOnce("scan-skip "+strings.Join(skipped, ","), "lvm scans leave out devices that a FUSE "+
+			"server may have to serve (loop devices over files of FUSE mounts, and what is stacked on them); "+
+			"a PV on one of them is not seen", slog.Any("devices", skipped))
+	}
+}
+
+// rediscoverTimeout bounds a rediscovery of PVs, which runs while a
+// request waits for the listing.
+const rediscoverTimeout = time.Minute
+
 // rediscoverPVs runs discoverPVs at most once a minute and reports
 // whether it found a different set of PVs.
 func (d *Driver) rediscoverPVs(ctx context.Context) bool {
@@ -579,6 +606,8 @@ func (d *Driver) rediscoverPVs(ctx context.Context) bool {
 	if time.Since(at) < time.Minute {
 		return false
 	}
+	ctx, cancel := context.WithTimeout(ctx, rediscoverTimeout)
+	defer cancel()
 	if err := d.discoverPVs(ctx); err != nil {
 		d.log.Warn("the VG misses PVs and looking for them failed", slog.Any("err", err))
 		return false

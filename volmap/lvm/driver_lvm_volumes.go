@@ -164,7 +164,39 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if err := d.verifyIdentity(ctx, name, lv); err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
 	return d.remove(ctx, name, lv.Name)
+}
+
+// verifyIdentity rereads the LV that the listing says is the file name
+// (one lvs of that LV, not the cached listing) and refuses when it is no
+// longer that LV. The listing may be up to a CacheTTL old, and another
+// tool may meanwhile have renamed or removed the LV and made a new one
+// under its name: an lvremove or lvrename by name would then act on that
+// other LV. lvrename has no way to name an LV by its UUID, so both check
+// the UUID right before acting, under d.mu (volfs's own changes cannot
+// come in between; another tool's could only in the milliseconds between
+// this lvs and the command). The error wraps ErrNotFound when the LV is
+// gone, and ErrChanged when the name now holds another LV (the caller's
+// file is stale).
+func (d *Driver) verifyIdentity(ctx context.Context, name string, lv LV) error {
+	now, err := d.readLV(ctx, lv.Name)
+	if err != nil {
+		if errors.Is(err, volmap.ErrNotFound) {
+			d.invalidate()
+			return fmt.Errorf("LV %s/%s (uuid %s) was removed or renamed by another tool: %w",
+				d.cfg.VG, lv.Name, lv.UUID, err)
+		}
+		return err
+	}
+	if now.UUID != lv.UUID {
+		d.invalidate()
+		return fmt.Errorf("LV %s/%s is now uuid %s, not the file's uuid %s (renamed or recreated by another tool); "+
+			"nothing was changed, look the file up again: %w", d.cfg.VG, lv.Name, now.UUID, lv.UUID, volmap.ErrChanged)
+	}
+	return nil
 }
 
 func (d *Driver) remove(ctx context.Context, name, lvName string) error {
@@ -195,6 +227,9 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
 	}
 	if lv.Name == newLV {
 		return nil
+	}
+	if err := d.verifyIdentity(ctx, oldName, lv); err != nil {
+		return fmt.Errorf("rename %s: %w", oldName, err)
 	}
 	return d.rename(ctx, lv.Name, newLV)
 }
@@ -305,6 +340,9 @@ func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
 			name, d.cfg.VG, lv.Name, strings.Join(who, "; "), volmap.ErrInUse)
 	}
 	defer d.invalidate()
+	if err := d.verifyIdentity(ctx, name, lv); err != nil {
+		return "", fmt.Errorf("remove %s while open: %w", name, err)
+	}
 	if err := d.rename(ctx, lv.Name, hidden); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
 	}

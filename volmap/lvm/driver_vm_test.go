@@ -24,6 +24,9 @@ import (
 	"time"
 	"unsafe"
 
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
 	"github.com/volfs/volfs/integration/vm"
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
@@ -969,5 +972,98 @@ func TestConcurrent(t *testing.T) {
 	}
 	if v, err := d.Lookup(ctx, "c0"); err != nil || v.Attrs.Mode != 0o644 || v.Attrs.Size != 5 {
 		t.Fatalf("c0 = %+v, %v", v, err)
+	}
+}
+
+// Remove, Rename and Detach act on the LV the listing named, which may be
+// up to a CacheTTL old: when another tool has meanwhile renamed that LV
+// away and made a new one under its name, the driver refuses (ErrChanged)
+// and leaves both alone instead of removing or renaming the new one.
+func TestActsByIdentity(t *testing.T) {
+	e := newEnv(t)
+	// A long TTL: a listing read before the change is the one each call uses.
+	d := e.driver(lvm.Config{CacheTTL: time.Hour})
+	ctx := context.Background()
+	for _, name := range []string{"rm", "mv", "det"} {
+		if _, err := d.Create(ctx, name, 4*mib, meta.Attrs{Size: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name, op string
+		do       func() error
+	}{
+		{"rm", "Remove", func() error { return d.Remove(ctx, "rm") }},
+		{"mv", "Rename", func() error { return d.Rename(ctx, "mv", "moved") }},
+		{"det", "Detach", func() error { _, err := d.Detach(ctx, "det"); return err }},
+	} {
+		// The listing the call will use (a refusal drops it, so it is
+		// read again for each case).
+		if _, err := d.Lookup(ctx, c.name); err != nil {
+			t.Fatal(err)
+		}
+		// Behind the driver's back, within the TTL: the name now holds
+		// another LV, the old one lives on as NAME_old.
+		e.sh("lvrename", "-q", e.vg, c.name, c.name+"_old")
+		e.sh("lvcreate", "-q", "-L", "4m", "-n", c.name, e.vg)
+		before := e.lvs()
+		err := c.do()
+		t.Logf("%s of a recreated name: %v", c.op, err)
+		if !errors.Is(err, volmap.ErrChanged) {
+			t.Errorf("%s of a name another tool recreated: %v, want ErrChanged", c.op, err)
+		}
+		after := e.lvs()
+		for name, row := range before {
+			if a, ok := after[name]; !ok || a.uuid != row.uuid {
+				t.Errorf("%s: LV %s (uuid %s) was removed or renamed: now %+v", c.op, name, row.uuid, after)
+			}
+		}
+		if len(after) != len(before) {
+			t.Errorf("%s: LVs before: %v, after: %v", c.op, before, after)
+		}
+	}
+	// The next calls see the new LVs and act on them.
+	if err := d.Remove(ctx, "rm"); err != nil {
+		t.Fatalf("Remove after the refusal: %v", err)
+	}
+	if _, ok := e.lvs()["rm"]; ok {
+		t.Fatal("rm not removed")
+	}
+}
+
+// lvm's scans never read a loop device over a file of a FUSE mount: if the
+// FUSE server were this process, busy with the request that waits for the
+// scan, the read would never be answered (a deadlock that no kill ends,
+// the read waiting in the block layer). Here the server is this test
+// process and counts the reads that reach it while the driver starts
+// (its vgs and the pvs that looks for the VG's PVs, the scan that
+// rediscoverPVs repeats while serving).
+func TestScanSkipsFUSELoops(t *testing.T) {
+	e := newEnv(t)
+	disk := &countedDisk{}
+	mnt := t.TempDir()
+	srv, err := gofs.Mount(mnt, disk, &gofs.Options{MountOptions: fuse.MountOptions{DirectMount: true, FsName: "counted"}})
+	if err != nil {
+		t.Fatalf("FUSE mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := srv.Unmount(); err != nil {
+			t.Errorf("unmount %s: %v", mnt, err)
+		}
+	})
+	loop := strings.TrimSpace(e.sh("losetup", "--find", "--show", filepath.Join(mnt, "disk")))
+	t.Cleanup(func() { e.try("losetup", "-d", loop) })
+	disk.reads.Store(0)
+	d := e.driver(lvm.Config{})
+	if _, err := d.List(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := disk.reads.Load(); n != 0 {
+		t.Fatalf("lvm read %s, a loop device over a file of a FUSE mount, %d times", loop, n)
+	}
+	// The loop device is still readable (the count works).
+	e.sh("dd", "if="+loop, "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
+	if disk.reads.Load() == 0 {
+		t.Fatal("a read of the loop device did not reach the FUSE server")
 	}
 }
