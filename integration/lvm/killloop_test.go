@@ -113,13 +113,14 @@ func TestFaultKillLoop(t *testing.T) {
 			newT = 14 * mib
 		}
 
-		// The grower keeps one open file description (fd 3) and writes
-		// chunk k through /dev/fd/3 (the same file), fsync'ed, then says
+		// The grower keeps the file open on fd 3 and writes chunk k
+		// through /proc/self/fd/3 (the same file; the guest has no
+		// /dev/fd), fsync'ed, then says
 		// "k": once the mount is gone, nothing can reach another file of
 		// the same name under the mount point.
 		script := `exec 3<>"$2" || exit 1
 k=0; while [ $k -lt ` + strconv.Itoa(growChunks) + ` ]; do
-  dd if="$1" of=/dev/fd/3 bs=1M skip=$k seek=$k count=1 conv=notrunc,fsync status=none || exit 1
+  dd if="$1" of=/proc/self/fd/3 bs=1M skip=$k seek=$k count=1 conv=notrunc,fsync status=none || exit 1
   echo $k; k=$((k+1))
 done`
 		var acked atomic.Int64 // chunks fsync acknowledged
@@ -163,6 +164,13 @@ done`
 		<-scanned
 		pr.Close()
 		m.start()
+
+		// A client that ended before the kill ended well.
+		for _, o := range ops {
+			if o.before && o.err != nil {
+				t.Fatalf("round %d: %s failed before the kill: %v: %s", i, o.name, o.err, o.out.String())
+			}
+		}
 
 		// Files of the rounds before: unchanged.
 		for n, want := range model {
