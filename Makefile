@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 
 
-.PHONY: all build test hosttest racetest vmtest lint fuzz bench demo deps clean install uninstall
+.PHONY: all build test hosttest racetest vmtest faulttest lint fuzz bench demo deps clean install uninstall
 
 # Where `make install` puts things; DESTDIR is prepended to each.
 # mount(8) looks for helpers in /sbin only, whatever the PREFIX.
@@ -49,6 +49,16 @@ racetest:
 # guest would take minutes). VMRUNARGS=-run REGEXP runs some tests only.
 vmtest: build
 	VOLFS_BIN=$(CURDIR)/bin/volfs GO=$(GO) scripts/vmtest.sh $(VMRUNARGS)
+
+# The fault campaign (README "Reliability"), longer than in vmtest: failing,
+# full and slow devices under real LVM, and FAULT_ITER rounds of SIGKILL
+# of the server during writes, create, rename and truncate (make vmtest
+# runs the same tests with 2 rounds).
+FAULT_ITER ?= 20
+faulttest: build
+	$(GO) test -count=1 -p 1 -timeout 120m -v -run 'TestFault' \
+		-exec "$(VMRUN) -t 7000 -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs -e VOLFS_FAULT_ITER=$(FAULT_ITER) --" \
+		./integration/lvm/
 
 lint:
 	$(GO) mod tidy -diff

@@ -68,6 +68,9 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 	default:
 		e = syscall.EIO
 	}
+	if e == syscall.ENOSPC && writeOps[op] {
+		r.noSpace(name)
+	}
 	if e != syscall.ENOENT {
 		r.log.Warn(op+" failed", slog.String("volume", name), slog.String("errno", e.Error()), slog.Any("err", err))
 	}

@@ -450,7 +450,9 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	// finished after the flush must not have its size saved below.
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.beginFlushLocked()
 	errno := h.syncDevice("fsync", unix.Fdatasync, true)
+	n.endFlushLocked()
 	if errno != 0 {
 		// The data did not reach the device: a size recorded now would
 		// cover bytes that are not there.
@@ -490,8 +492,11 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 	n.single.Store(false)
 	var errno syscall.Errno
 	if d := n.dev.Swap(nil); d != nil {
+		n.beginFlushLocked()
 		n.syncMu.Lock()
-		if err := unix.Fdatasync(int(d.buffered.Fd())); err != nil {
+		err := unix.Fdatasync(int(d.buffered.Fd()))
+		n.endFlushLocked()
+		if err != nil {
 			// Kept for the next open's fsync, which sees an error no
 			// fsync has reported (errSeq), as with the raw device.
 			errno = n.root.toErrno("flush on close", n.name, err)

@@ -72,7 +72,30 @@ type Image struct {
 	// sizeChecked is when the open device's size was last compared with
 	// the file's (Unix nanoseconds; see followDevice).
 	sizeChecked atomic.Int64
+
+	// flushing is set, under mu, while a flush of the device (fsync, last
+	// close) holds mu: seconds on a slow disk, forever on a hung one.
+	// flushAttr is the attributes taken when it began; none of mu's
+	// fields can change before it ends, so stat and lookup (a listing's
+	// READDIRPLUS) answer from it instead of queueing behind the flush.
+	flushing  atomic.Bool
+	flushAttr atomic.Pointer[fuse.Attr]
 }
+
+// beginFlushLocked records the attributes and marks the flush (see
+// flushing); endFlushLocked ends it, still under mu.
+func (n *Image) beginFlushLocked() {
+	var a fuse.Attr
+	n.fillAttrLocked(&a)
+	n.flushAttr.Store(&a)
+	n.flushing.Store(true)
+}
+
+func (n *Image) endFlushLocked() { n.flushing.Store(false) }
+
+// busyFlushing reports whether mu is held by a flush of the device: then
+// the attributes are those of flushAttr, with the live size and times.
+func (n *Image) busyFlushing() bool { return n.flushing.Load() && n.flushAttr.Load() != nil }
 
 var (
 	_ gofs.NodeGetattrer     = (*Image)(nil)
@@ -126,7 +149,14 @@ func (n *Image) load(v volmap.Volume) {
 // that trims the volume and records the size) and is ignored, else it
 // would undo that change in memory and a later close would act on it.
 func (n *Image) refresh(v volmap.Volume, since uint64) {
-	n.mu.Lock()
+	if !n.mu.TryLock() {
+		if n.busyFlushing() {
+			// The node is flushing its open device; the next lookup
+			// brings what the listing says.
+			return
+		}
+		n.mu.Lock()
+	}
 	defer n.mu.Unlock()
 	if n.changed > since {
 		return
@@ -289,8 +319,29 @@ func (n *Image) followDevice() {
 }
 
 func (n *Image) fillAttr(out *fuse.Attr) {
-	n.mu.Lock()
+	if !n.mu.TryLock() {
+		if a := n.flushAttr.Load(); a != nil && n.flushing.Load() {
+			*out = *a
+			// The data path changes these without mu.
+			if size := n.size.Load(); size != int64(out.Size) {
+				if out.Blocks == uint64(out.Size+511)/512 {
+					out.Blocks = uint64(size+511) / 512
+				}
+				out.Size = uint64(size)
+			}
+			if n.written.Load() {
+				mtime := time.Unix(0, n.wtime.Load())
+				out.SetTimes(nil, &mtime, &mtime)
+			}
+			return
+		}
+		n.mu.Lock()
+	}
 	defer n.mu.Unlock()
+	n.fillAttrLocked(out)
+}
+
+func (n *Image) fillAttrLocked(out *fuse.Attr) {
 	size := n.size.Load()
 	out.Ino = n.ino
 	out.Size = uint64(size)
@@ -322,7 +373,7 @@ func (n *Image) fillAttr(out *fuse.Attr) {
 // Getattr reports the file's attributes. An open file's size is checked
 // against its device at most once a second (followDevice).
 func (n *Image) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if n.dev.Load() != nil && time.Now().UnixNano()-n.sizeChecked.Load() >= int64(time.Second) {
+	if n.dev.Load() != nil && !n.busyFlushing() && time.Now().UnixNano()-n.sizeChecked.Load() >= int64(time.Second) {
 		n.followDevice()
 	}
 	n.fillAttr(&out.Attr)

@@ -64,6 +64,10 @@ type Root struct {
 	commit committer
 
 	stats Stats // requests served (stats.go)
+
+	// noSpaceAt is when a write failing with ENOSPC last logged its pool
+	// (nospace.go), in Unix nanoseconds.
+	noSpaceAt atomic.Int64
 }
 
 func (r *Root) registerOpen(n *Image) {

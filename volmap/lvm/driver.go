@@ -187,6 +187,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		if pool.SegType != "thin-pool" {
 			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
 		}
+		d.errorWhenFull(ctx)
 	}
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
@@ -615,4 +616,40 @@ func (d *Driver) rediscoverPVs(ctx context.Context) bool {
 	d.pvMu.Lock()
 	defer d.pvMu.Unlock()
 	return !slices.Equal(old, d.pvs)
+}
+
+// errorWhenFull makes the thin pool fail writes at once when it runs out
+// of data space (lvchange --errorwhenfull y) instead of dm-thin's default:
+// queue them for no_space_timeout (60 s), then fail them with EIO. A VM
+// whose disk hangs for a minute and then loses its writes damages its
+// file system; an ENOSPC at once is what a guest's block layer and qemu's
+// werror=enospc policy (pause the VM, resume after the pool grows) expect.
+// The pool may be the administrator's: the change is logged, with the old
+// setting, so that it can be undone (lvchange --errorwhenfull n). A
+// failure only warns: the mount still works, writes just queue when full.
+func (d *Driver) errorWhenFull(ctx context.Context) {
+	pool := d.cfg.VG + "/" + d.cfg.ThinPool
+	out, err := d.lvm.Report(ctx, "lvs", "lv_name,lv_when_full", pool)
+	if err != nil {
+		d.log.Warn("cannot read the thin pool's full policy", slog.String("pool", pool), slog.Any("err", err))
+		return
+	}
+	rows, err := parseRows(out, "lv")
+	if err != nil || len(rows) != 1 {
+		d.log.Warn("cannot read the thin pool's full policy", slog.String("pool", pool),
+			slog.Int("rows", len(rows)), slog.Any("err", err))
+		return
+	}
+	was := (&rowParser{row: rows[0]}).str("lv_when_full")
+	if was == "error" {
+		return
+	}
+	if _, err := d.lvm.Run(ctx, "lvchange", "--errorwhenfull", "y", pool); err != nil {
+		d.log.Warn("cannot make the thin pool fail writes when full: when it fills, writes will hang for 60 s, then fail "+
+			"(set it with lvchange --errorwhenfull y)", slog.String("pool", pool), slog.Any("err", err))
+		return
+	}
+	d.log.Info("thin pool set to fail writes at once when full (was: queue them for 60 s); "+
+		"lvchange --errorwhenfull n undoes it", slog.String("pool", pool), slog.String("was", was))
+	d.invalidate()
 }
