@@ -50,6 +50,8 @@ type mountConfig struct {
 	// NoDetacher hides the Detacher capability: a removed open file
 	// cannot keep its volume.
 	NoDetacher bool
+	// Layouts wraps the driver in layoutDriver (layout_test.go).
+	Layouts bool
 }
 
 // withoutDetacher is a driver with every capability of loopdir but
@@ -106,6 +108,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	}
 	if cfg.NoDetacher {
 		drv = withoutDetacher{d, d, d, d, d, d, d, d}
+	}
+	if cfg.Layouts {
+		drv = newLayoutDriver(d)
 	}
 	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})
