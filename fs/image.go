@@ -37,7 +37,7 @@ type Image struct {
 	// layout is the layout a pending file's volume is to be created with
 	// (trusted.volfs.layout); zero: the driver's default.
 	layout volmap.Layout
-	gone    bool          // unlinked
+	gone   bool // unlinked
 	// detached is the driver's token for the volume of a file removed
 	// while open; the volume is purged on last close.
 	detached string

@@ -39,9 +39,9 @@ import (
 type flight struct {
 	gen   uint64
 	start time.Time
-	done chan struct{}
-	l    *listing
-	err  error
+	done  chan struct{}
+	l     *listing
+	err   error
 }
 
 func (d *Driver) clock() time.Time {
