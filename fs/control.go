@@ -189,6 +189,14 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 	for _, n := range pending {
 		n.mu.Lock()
 		f := FileInfo{Name: n.name, Size: n.size.Load(), Pending: true, Handles: n.opens}
+		if lo := r.layouter; lo != nil {
+			// The layout its volume is to be created with.
+			l := n.layout
+			if l.Type == "" {
+				l = lo.DefaultLayout()
+			}
+			f.Layout = l.String()
+		}
 		n.mu.Unlock()
 		if !seen[f.Name] {
 			l.Files = append(l.Files, f)

@@ -240,8 +240,10 @@ func TestLayoutXattr(t *testing.T) {
 	if !strings.Contains(m.logText(), "needs 4 PVs with free space") {
 		t.Errorf("the log does not say why raid1 mirrors=3 was refused:\n%s", m.logText())
 	}
-	if _, ok := func() (lv, bool) { l, _ := e.lvs(); x, ok := l["p"]; return x, ok }(); ok {
-		t.Fatal("the LV of a file not written yet exists")
+	// No lvs here: a child process closing its inherited copy of f at
+	// exec sends a FLUSH, which gives the file its volume.
+	if _, err := os.Lstat("/dev/" + e.vg + "/p"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the LV of a file not written yet exists (/dev/%s/p: %v)", e.vg, err)
 	}
 	if err := setLayout(m.path("p"), "raid1 mirrors=1"); err != nil {
 		t.Fatalf("set %s on a new file: %v", layoutXattr, err)
@@ -321,4 +323,62 @@ func TestLayoutXattr(t *testing.T) {
 		t.Errorf("conv after conversion to linear: %+v", p)
 	}
 	sameData(t, concat(t, e, "conv-want3", src, tail), m.path("conv"))
+}
+
+// TestLayoutDegraded: a raid1 image one of whose images fails (its
+// device-mapper table, on one PV, switched to the error target) keeps
+// serving its data, and volfs ls and volfs status say it is degraded.
+func TestLayoutDegraded(t *testing.T) {
+	e := newVGOn(t, 3)
+	m := e.mount("--layout", "raid1", "--mirrors", "1")
+	src := e.file("src", 8*mib, 7)
+	sh(t, "cp", src, m.path("r"))
+	if p := e.placement("r"); p.segtype != "raid1" || len(p.pvs) != 2 {
+		t.Fatalf("r: %+v", p)
+	}
+	waitFor(t, "r in sync", 5*time.Minute, func() bool {
+		out, _ := try("lvs", "--noheadings", "-o", "sync_percent", e.vg+"/r")
+		return strings.TrimSpace(out) == "100.00"
+	})
+	if f := lsLayouts(t, m)["r"]; f.Health != "ok" || f.Degraded {
+		t.Fatalf("volfs ls --json r before the failure: %+v", f)
+	}
+	// The second image's device: VG-r_rimage_1 (dashes doubled).
+	dm := strings.ReplaceAll(e.vg, "-", "--") + "-r_rimage_1"
+	sectors := strings.TrimSpace(sh(t, "blockdev", "--getsz", "/dev/mapper/"+dm))
+	sh(t, "dmsetup", "suspend", dm)
+	sh(t, "dmsetup", "load", dm, "--table", "0 "+sectors+" error")
+	sh(t, "dmsetup", "resume", dm)
+	t.Logf("dmsetup table %s: %s", dm, sh(t, "dmsetup", "table", dm))
+
+	// Writes and reads go on; the failed image is dropped by dm-raid.
+	more := e.file("more", 4*mib, 8)
+	appendFile(t, more, m.path("r"))
+	want := concat(t, e, "r-want", src, more)
+	sameData(t, want, m.path("r"))
+	var f lsFile
+	waitFor(t, "volfs ls says r is degraded", time.Minute, func() bool {
+		f = lsLayouts(t, m)["r"]
+		return f.Degraded
+	})
+	if !strings.HasPrefix(f.Health, "degraded") || f.Layout != "raid1 mirrors=1" {
+		t.Errorf("volfs ls --json r after the failure: %+v", f)
+	}
+	if out := sh(t, volfsBin, "ls", m.dir); !strings.Contains(out, "degraded") {
+		t.Errorf("volfs ls does not say degraded:\n%s", out)
+	}
+	var st struct {
+		Warnings []string `json:"warnings"`
+	}
+	runJSON(t, &st, "status", "--json", m.dir)
+	if len(st.Warnings) != 1 || !strings.Contains(st.Warnings[0], "image r (raid1 mirrors=1) is degraded") {
+		t.Errorf("volfs status --json warnings: %q", st.Warnings)
+	}
+	t.Logf("lvs: %s", sh(t, "lvs", "-a", "-o", "lv_name,segtype,lv_attr,lv_health_status,sync_percent,devices", e.vg))
+	// The report volfs reads (volmap/lvm lvFields), for its fixtures.
+	t.Logf("lvs report:\n%s", sh(t, "lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o",
+		"lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout,segtype,lv_dm_path,"+
+			"lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,lv_time,"+
+			"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent", e.vg))
+	sameData(t, want, m.path("r"))
 }
