@@ -352,10 +352,25 @@ func TestLayoutDegraded(t *testing.T) {
 	t.Logf("dmsetup table %s: %s", dm, sh(t, "dmsetup", "table", dm))
 
 	// Writes and reads go on; the failed image is dropped by dm-raid.
+	// An overwrite, not an append: growing the LV would reload the
+	// image's table from LVM's metadata, healing it.
 	more := e.file("more", 4*mib, 8)
-	appendFile(t, more, m.path("r"))
-	want := concat(t, e, "r-want", src, more)
+	sh(t, "dd", "if="+more, "of="+m.path("r"), "bs=1M", "conv=notrunc,fsync", "status=none")
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rest := e.base + "/src-rest"
+	if err := os.WriteFile(rest, b[4*mib:], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := concat(t, e, "r-want", more, rest)
 	sameData(t, want, m.path("r"))
+	if got := strings.TrimSpace(sh(t, "dmsetup", "table", dm)); !strings.HasSuffix(got, "error") {
+		t.Fatalf("the failed image's table changed back: %s", got)
+	}
+	t.Logf("dmsetup status %s: %s", strings.ReplaceAll(e.vg, "-", "--")+"-r",
+		sh(t, "dmsetup", "status", strings.ReplaceAll(e.vg, "-", "--")+"-r"))
 	var f lsFile
 	waitFor(t, "volfs ls says r is degraded", time.Minute, func() bool {
 		f = lsLayouts(t, m)["r"]

@@ -89,3 +89,27 @@ func TestRoundUpStripes(t *testing.T) {
 		}
 	}
 }
+
+// lvs-raid1-degraded.json is lvm's report (lvFields) of a raid1 LV whose
+// second image's table was switched to error, from the guest test
+// TestLayoutDegraded.
+func TestParseLVsRAID(t *testing.T) {
+	lvs, err := ParseLVs(readTestdata(t, "lvs-raid1-degraded.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lvs) != 1 {
+		t.Fatalf("got %d LVs, want 1", len(lvs))
+	}
+	lv := lvs[0]
+	if lv.SegType != "raid1" || lv.Stripes != 2 || lv.DataStripes != 2 || lv.Health != "refresh needed" ||
+		lv.SyncPercent != 100 || !lv.Public() {
+		t.Errorf("r = %+v", lv)
+	}
+	if l := layoutOf(lv); l.String() != "raid1 mirrors=1" {
+		t.Errorf("layoutOf(r) = %q", l)
+	}
+	if h, deg := health(lv); h != "degraded (refresh needed)" || !deg {
+		t.Errorf("health(r) = %q, %v", h, deg)
+	}
+}
