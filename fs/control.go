@@ -189,6 +189,14 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 	for _, n := range pending {
 		n.mu.Lock()
 		f := FileInfo{Name: n.name, Size: n.size.Load(), Pending: true, Handles: n.opens}
+		if lo := r.layouter; lo != nil {
+			// The layout its volume is to be created with.
+			l := n.layout
+			if l.Type == "" {
+				l = lo.DefaultLayout()
+			}
+			f.Layout = l.String()
+		}
 		n.mu.Unlock()
 		if !seen[f.Name] {
 			l.Files = append(l.Files, f)
@@ -238,6 +246,16 @@ type Status struct {
 	Ops          map[string]OpCounts `json:"ops"`
 	Pools        []volmap.Pool       `json:"pools"`
 	PoolsError   string              `json:"pools_error,omitempty"`
+	// Degraded are the images whose RAID volume runs without one of its
+	// images or parity (volmap.Details.Degraded).
+	Degraded []DegradedImage `json:"degraded,omitempty"`
+}
+
+// DegradedImage is an image whose volume is degraded, and how.
+type DegradedImage struct {
+	Name   string `json:"name"`
+	Layout string `json:"layout"`
+	Health string `json:"health"`
 }
 
 // Status reports the server and its counters.
@@ -255,12 +273,32 @@ func (in *Inspector) Status(ctx context.Context) *Status {
 		st.Errors += c.Errors
 	}
 	st.OpenFiles, st.OpenHandles = in.OpenFiles()
+	st.Degraded = in.degraded(ctx)
 	if pools, err := in.Pools(ctx); err != nil {
 		st.PoolsError = err.Error()
 	} else if pools != nil {
 		st.Pools = pools
 	}
 	return st
+}
+
+// degraded lists the images whose volumes the driver says are degraded.
+func (in *Inspector) degraded(ctx context.Context) []DegradedImage {
+	de, ok := in.root.drv.(volmap.Describer)
+	if !ok {
+		return nil
+	}
+	vols, err := in.root.drv.List(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []DegradedImage
+	for _, v := range vols {
+		if d, err := de.Describe(ctx, v.Name); err == nil && d.Degraded {
+			out = append(out, DegradedImage{Name: v.Name, Layout: d.Layout, Health: d.Health})
+		}
+	}
+	return out
 }
 
 // OpenFiles counts the files with open handles, and the handles.

@@ -41,7 +41,7 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 		e = syscall.EBUSY
 	case errors.Is(err, volmap.ErrNoSpace):
 		e = syscall.ENOSPC
-	case errors.Is(err, volmap.ErrInvalidName):
+	case errors.Is(err, volmap.ErrInvalidName), errors.Is(err, volmap.ErrLayout):
 		e = syscall.EINVAL
 	case errors.Is(err, volmap.ErrNameTooLong):
 		e = syscall.ENAMETOOLONG

@@ -34,7 +34,10 @@ type Image struct {
 	name    string
 	vol     volmap.Volume // as the driver last described it
 	pending bool          // created, no volume yet
-	gone    bool          // unlinked
+	// layout is the layout a pending file's volume is to be created with
+	// (trusted.volfs.layout); zero: the driver's default.
+	layout volmap.Layout
+	gone   bool // unlinked
 	// detached is the driver's token for the volume of a file removed
 	// while open; the volume is purged on last close.
 	detached string
@@ -531,9 +534,16 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 	}
 	a := n.attrs.Clone()
 	a.Size = n.size.Load()
-	v, err := cr.Create(ctx, n.name, want, a)
+	create := cr.Create
+	if n.layout.Type != "" && n.root.layouter != nil {
+		l := n.layout
+		create = func(ctx context.Context, name string, size int64, a meta.Attrs) (volmap.Volume, error) {
+			return n.root.layouter.CreateLayout(ctx, name, size, a, l)
+		}
+	}
+	v, err := create(ctx, n.name, want, a)
 	if err != nil && want > need {
-		v, err = cr.Create(ctx, n.name, need, a)
+		v, err = create(ctx, n.name, need, a)
 	}
 	n.changedLocked()
 	if err != nil {
@@ -851,6 +861,9 @@ func (n *Image) closeDevices() {
 // trusted.libvirt.security.ref_dac and sets it when told ENODATA). Never
 // ENOSYS: that would make the kernel stop sending getxattr for the mount.
 func (n *Image) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == meta.LayoutXattr {
+		return n.getLayout(dest)
+	}
 	if !meta.XattrStored(attr) {
 		return 0, unstoredXattr(attr)
 	}
@@ -889,6 +902,9 @@ func (n *Image) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 		names = append(names, k)
 	}
 	n.mu.Unlock()
+	if n.root.layouter != nil {
+		names = append(names, meta.LayoutXattr)
+	}
 	slices.Sort(names)
 	var b []byte
 	privileged := -1 // unknown until a trusted.* name needs it
@@ -917,6 +933,9 @@ func (n *Image) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Err
 func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	if n.root.readOnly {
 		return syscall.EROFS
+	}
+	if attr == meta.LayoutXattr {
+		return n.setLayout(ctx, string(data))
 	}
 	if !meta.XattrStored(attr) {
 		return syscall.ENOTSUP
@@ -963,6 +982,9 @@ func (n *Image) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	}
 	if !meta.XattrStored(attr) {
 		return unstoredXattr(attr)
+	}
+	if attr == meta.LayoutXattr {
+		return syscall.EPERM // a volume always has a layout: set "linear"
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

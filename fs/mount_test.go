@@ -54,6 +54,8 @@ type mountConfig struct {
 	// BeforeCreate, if set, runs at each Create before the driver takes
 	// its lock (a test holds a creation there, as a slow lvcreate would).
 	BeforeCreate func(name string)
+	// Layouts wraps the driver in layoutDriver (layout_test.go).
+	Layouts bool
 }
 
 // hookedCreate is loopdir with a hook before each Create.
@@ -124,6 +126,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	}
 	if cfg.BeforeCreate != nil {
 		drv = hookedCreate{d, cfg.BeforeCreate}
+	}
+	if cfg.Layouts {
+		drv = newLayoutDriver(d)
 	}
 	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})

@@ -31,6 +31,7 @@ type Root struct {
 	gofs.Inode
 
 	drv      volmap.Driver
+	layouter volmap.Layouter // drv's, nil if it has no layouts
 	log      *slog.Logger
 	readOnly bool
 	defaults Defaults
@@ -102,7 +103,8 @@ func NewRoot(o Options) *Root {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	now := time.Now()
-	return &Root{drv: o.Driver, log: o.Log, readOnly: o.ReadOnly, defaults: o.Defaults,
+	layouter, _ := o.Driver.(volmap.Layouter)
+	return &Root{drv: o.Driver, layouter: layouter, log: o.Log, readOnly: o.ReadOnly, defaults: o.Defaults,
 		nodes: map[uint64]*Image{}, pending: map[string]*Image{},
 		dir: meta.Attrs{Mode: 0o755, Atime: now, Mtime: now, Ctime: now}}
 }

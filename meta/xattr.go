@@ -13,6 +13,11 @@ const (
 	TrustedPrefix = "trusted."
 )
 
+// LayoutXattr is the trusted.* attribute that shows and sets an image's
+// layout ("raid1 mirrors=1"). It is not stored: the volume's own layout is
+// its value, and setting it creates or converts the volume accordingly.
+const LayoutXattr = "trusted.volfs.layout"
+
 // XattrStored reports whether name is in a namespace volfs stores. Names in
 // other namespaces (security.*, system.*) are neither stored nor reported:
 // their get, set and remove fail alike with ENOTSUP, so that a program

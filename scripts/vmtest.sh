@@ -62,7 +62,7 @@ trap 'rm -rf "$W"' EXIT
 # name package disks: one line per package.
 # The longest first: jobs start in this order.
 PKGS=(
-  "integration-lvm ./integration/lvm 2"
+  "integration-lvm ./integration/lvm 3"
   "volmap-lvm ./volmap/lvm 1"
   "integration-vm ./integration/vm 1"
 )

@@ -13,6 +13,18 @@ type Details struct {
 	Path string `json:"path"`
 	// Pool is the thin pool of a thin volume.
 	Pool string `json:"pool,omitempty"`
+	// Layout is the volume's layout as trusted.volfs.layout shows it
+	// ("raid1 mirrors=1"); empty when the driver does not say.
+	Layout string `json:"layout,omitempty"`
+	// Health is "ok", or what is wrong: LVM's lv_health_status
+	// ("partial", "refresh needed", "mismatches exist") or a RAID image
+	// that failed ("degraded"). Empty when the driver does not say.
+	Health string `json:"health,omitempty"`
+	// Degraded: a RAID volume runs without one of its copies (or parity).
+	Degraded bool `json:"degraded,omitempty"`
+	// SyncPercent is how far a RAID volume's copies are in sync (0-100);
+	// nil where it does not apply.
+	SyncPercent *float64 `json:"sync_percent,omitempty"`
 }
 
 // Describer is implemented by drivers that can say where a volume lives.

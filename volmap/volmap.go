@@ -22,6 +22,9 @@ type Volume struct {
 	Used int64
 	// Thin: unwritten blocks read as zeros and a discard unmaps them.
 	Thin bool
+	// Layout is how the volume's bytes lie on the devices (zero when the
+	// driver does not say).
+	Layout Layout
 	// Attrs are the persisted file attributes (mode, owner, times, logical
 	// size, xattrs).
 	Attrs meta.Attrs

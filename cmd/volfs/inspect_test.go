@@ -31,15 +31,21 @@ func checkGolden(t *testing.T, name string, out []byte) {
 	}
 }
 
+var hundred, syncing = 100.0, 42.4
+
 func sampleListing() *volfs.Listing {
 	l := &volfs.Listing{Mount: "/var/lib/images", Source: "vg0", HoldersComplete: true}
 	l.Files = []volfs.FileInfo{
-		{Name: "db", Size: 10 << 30, Used: 10 << 30, Details: volmap.Details{Kind: "linear", Path: "/dev/vg0/db"}, Holders: []volfs.Holder{}},
-		{Name: "new.qcow2", Size: 0, Pending: true, Handles: 1, Holders: []volfs.Holder{{PID: 4321, Command: "qemu-img"}}},
+		{Name: "db", Size: 10 << 30, Used: 10 << 30, Details: volmap.Details{Kind: "linear", Path: "/dev/vg0/db", Layout: "linear", Health: "ok"}, Holders: []volfs.Holder{}},
+		{Name: "mail", Size: 1 << 30, Used: 1 << 30, Details: volmap.Details{Kind: "raid1", Path: "/dev/vg0/mail", Layout: "raid1 mirrors=1",
+			Health: "degraded (refresh needed)", Degraded: true, SyncPercent: &hundred}, Holders: []volfs.Holder{}},
+		{Name: "new.qcow2", Size: 0, Pending: true, Handles: 1, Details: volmap.Details{Layout: "striped stripes=2"}, Holders: []volfs.Holder{{PID: 4321, Command: "qemu-img"}}},
+		{Name: "scratch", Size: 2 << 30, Used: 2 << 30, Details: volmap.Details{Kind: "raid10", Path: "/dev/vg0/scratch", Layout: "raid10 stripes=2 mirrors=1",
+			Health: "ok", SyncPercent: &syncing}, Holders: []volfs.Holder{}},
 		{Name: "web", Size: 20 << 30, Used: 3382286336, Details: volmap.Details{Kind: "thin", Path: "/dev/vg0/web", Pool: "pool"},
 			Handles: 2, Holders: []volfs.Holder{{PID: 1234, Command: "qemu-system-x86"}, {PID: 1300, Command: "rsync"}}},
 	}
-	l.Total.Files, l.Total.Size, l.Total.Used = 3, 30<<30, 10<<30+3382286336
+	l.Total.Files, l.Total.Size, l.Total.Used = 5, 33<<30, 13<<30+3382286336
 	l.Pools = []volmap.Pool{
 		{Name: "vg0", Kind: "vg", Size: 100 << 30, Free: 70 << 30, DataPercent: -1, MetadataPercent: -1},
 		{Name: "vg0/pool", Kind: "thin-pool", Size: 50 << 30, Free: 46 << 30, DataPercent: 8.1, MetadataPercent: 2},
@@ -81,6 +87,19 @@ func TestStatusOutput(t *testing.T) {
 	var b bytes.Buffer
 	printStatus(&b, &r)
 	checkGolden(t, "status.golden", b.Bytes())
+}
+
+func TestDegradedWarnings(t *testing.T) {
+	st := sampleStatus()
+	if w := degradedWarnings(st); len(w) != 0 {
+		t.Errorf("warnings without degraded images: %q", w)
+	}
+	st.Degraded = []volfs.DegradedImage{{Name: "mail", Layout: "raid1 mirrors=1", Health: "degraded (refresh needed)"}}
+	w := degradedWarnings(st)
+	if len(w) != 1 || w[0] != "image mail (raid1 mirrors=1) is degraded (refresh needed): replace the failed device "+
+		"(lvconvert --repair, or lvchange --refresh once it is back)" {
+		t.Errorf("warnings = %q", w)
+	}
 }
 
 // The JSON of status keeps the server's fields at the top level, next to

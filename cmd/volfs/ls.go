@@ -69,7 +69,7 @@ func size(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }
 // printListing writes the table of volfs ls.
 func printListing(w io.Writer, l *volfs.Listing) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tKIND\tDEVICE\tOPEN\tBY")
+	fmt.Fprintln(tw, "NAME\tSIZE\tUSED\tKIND\tLAYOUT\tHEALTH\tDEVICE\tOPEN\tBY")
 	for _, f := range l.Files {
 		kind, dev, used := orDash(f.Kind), orDash(f.Path), size(f.Used)
 		if f.Pending || f.Used < 0 {
@@ -82,7 +82,8 @@ func printListing(w io.Writer, l *volfs.Listing) {
 		if f.Handles > 0 {
 			open = strconv.Itoa(f.Handles)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind, dev, open, holderList(f.Holders))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind,
+			orDash(f.Layout), healthText(f.Details), dev, open, holderList(f.Holders))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%s, %s, %s used\n", plural(l.Total.Files, "file"), size(l.Total.Size), size(l.Total.Used))
@@ -95,6 +96,15 @@ func printListing(w io.Writer, l *volfs.Listing) {
 	if !l.HoldersComplete {
 		fmt.Fprintln(w, "note: looking for processes in /proc took too long; some holders may be missing")
 	}
+}
+
+// healthText is a volume's health for the table: "ok", "syncing 42%"
+// while a RAID volume's images catch up, or what LVM says is wrong.
+func healthText(d volmap.Details) string {
+	if d.Health == "ok" && d.SyncPercent != nil && *d.SyncPercent < 100 {
+		return fmt.Sprintf("syncing %.0f%%", *d.SyncPercent)
+	}
+	return orDash(d.Health)
 }
 
 func orDash(s string) string {

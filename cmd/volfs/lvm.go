@@ -9,5 +9,10 @@ import (
 )
 
 func newLVMDriver(ctx context.Context, c *mountCmd, log *slog.Logger) (volmap.Driver, error) {
-	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log, PoolLimit: c.poolLimit, CacheTTL: c.cacheTTL})
+	layout, err := c.layoutOf()
+	if err != nil {
+		return nil, err
+	}
+	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log, PoolLimit: c.poolLimit,
+		CacheTTL: c.cacheTTL, Layout: layout})
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,6 +29,9 @@ type mountCmd struct {
 	devices    []string
 	vg         string
 	thinPool   string
+	layout     string // --layout: the type; with mirrors and stripes, layoutOf
+	mirrors    int
+	stripes    int
 	tag        string
 	cacheTTL   time.Duration
 	stateDir   string
@@ -84,6 +88,9 @@ open its images without a chown per file).`,
 	f.StringArrayVar(&c.devices, "device", nil, "block devices to expose, a glob (repeatable)")
 	f.StringVar(&c.vg, "vg", "", "LVM volume group whose logical volumes are the files")
 	f.StringVar(&c.thinPool, "thin-pool", "", "with --vg: create new files as thin volumes in this pool")
+	f.StringVar(&c.layout, "layout", "", "with --vg: layout of new files: "+strings.Join(volmap.Layouts, ", ")+" (default linear; thin mounts take the pool's)")
+	f.IntVar(&c.mirrors, "mirrors", 0, "with --layout raid1 or raid10: extra copies of the data (lvcreate -m; default 1)")
+	f.IntVar(&c.stripes, "stripes", 0, "with --layout striped, raid5, raid6 or raid10: data stripes (lvcreate -i; default 2, raid6 3)")
 	f.StringVar(&c.tag, "tag", "", "with --vg: only logical volumes carrying this LVM tag")
 	f.DurationVar(&c.cacheTTL, "cache-ttl", time.Second, "with --vg: how old the cached listing of the VG (one lvs) may get; other tools' changes show within it, plus 1s of kernel caching")
 	f.StringVar(&c.stateDir, "state-dir", "/var/lib/volfs", "where attributes of --device files are kept")
@@ -112,8 +119,18 @@ func (c *mountCmd) run(mountpoint string) error {
 		return usagef("--vg and --device exclude each other")
 	case c.vg == "" && (c.thinPool != "" || c.tag != ""):
 		return usagef("--thin-pool and --tag go with --vg")
+	case c.vg == "" && (c.layout != "" || c.mirrors != 0 || c.stripes != 0):
+		return usagef("--layout, --mirrors and --stripes go with --vg")
+	case c.layout == "" && (c.mirrors != 0 || c.stripes != 0):
+		return usagef("--mirrors and --stripes go with --layout")
+	case c.thinPool != "" && c.layout != "" && c.layout != "linear":
+		return usagef("--layout %s with --thin-pool: thin volumes take the layout of their pool; "+
+			"give the pool a RAID layout instead (lvconvert --type raid1 -m 1 %s/%s_tdata)", c.layout, c.vg, c.thinPool)
 	case c.cacheTTL <= 0:
 		return usagef("--cache-ttl %v: want a positive duration such as 1s", c.cacheTTL)
+	}
+	if _, err := c.layoutOf(); err != nil {
+		return err
 	}
 	if err := c.checkLogFlags(); err != nil {
 		return err
@@ -330,4 +347,17 @@ func startCPUProfile(path string) (stop func(), err error) {
 		return nil, err
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// layoutOf is the layout of new files that --layout, --mirrors and
+// --stripes ask for (zero: linear, LVM's default).
+func (c *mountCmd) layoutOf() (volmap.Layout, error) {
+	if c.layout == "" {
+		return volmap.Layout{}, nil
+	}
+	l, err := volmap.NewLayout(c.layout, c.mirrors, c.stripes)
+	if err != nil {
+		return l, usagef("--layout %s --mirrors %d --stripes %d: %v", c.layout, c.mirrors, c.stripes, err)
+	}
+	return l, nil
 }

@@ -68,7 +68,8 @@ func (c *statusCmd) run(w io.Writer, arg string) error {
 	if err := callServer(ctx, mnt, volfs.OpStatus, &st); err != nil {
 		return err
 	}
-	r := statusReport{Status: &st, WarnFill: c.warnFill, Warnings: fillWarnings(&st, c.warnFill)}
+	r := statusReport{Status: &st, WarnFill: c.warnFill,
+		Warnings: append(fillWarnings(&st, c.warnFill), degradedWarnings(&st)...)}
 	if c.json {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -76,6 +77,17 @@ func (c *statusCmd) run(w io.Writer, arg string) error {
 	}
 	printStatus(w, &r)
 	return nil
+}
+
+// degradedWarnings warns about images whose RAID volume lost an image:
+// one more failure may lose data.
+func degradedWarnings(st *volfs.Status) []string {
+	var w []string
+	for _, d := range st.Degraded {
+		w = append(w, fmt.Sprintf("image %s (%s) is %s: replace the failed device (lvconvert --repair, or lvchange --refresh once it is back)",
+			d.Name, d.Layout, d.Health))
+	}
+	return w
 }
 
 // fillWarnings warns about thin pools above the threshold: data (writes

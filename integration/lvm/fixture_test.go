@@ -32,10 +32,11 @@ var vgSeq atomic.Int32
 
 // env is one test's volume group on the scratch disk.
 type env struct {
-	t    *testing.T
-	vg   string
-	disk string
-	base string // the test's directory under tmpRoot
+	t     *testing.T
+	vg    string
+	disk  string   // the first PV
+	disks []string // every PV of the VG
+	base  string   // the test's directory under tmpRoot
 }
 
 // newVG creates a VG on the first scratch disk; it is removed with its LVs
@@ -43,18 +44,25 @@ type env struct {
 // holders, which are registered later and so cleaned up first).
 func newVG(t *testing.T) *env {
 	t.Helper()
+	return newVGOn(t, 1)
+}
+
+// newVGOn is newVG over the first n scratch disks, one PV each (RAID and
+// striped layouts put each image on its own PV).
+func newVGOn(t *testing.T, n int) *env {
+	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	disk := vm.RequireScratchDisks(t, 1)[0]
+	disks := vm.RequireScratchDisks(t, n)
 	base, err := os.MkdirTemp(tmpRoot, "t-")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, vg: fmt.Sprintf("%s%d", vgPrefix, vgSeq.Add(1)), disk: disk, base: base}
+	e := &env{t: t, vg: fmt.Sprintf("%s%d", vgPrefix, vgSeq.Add(1)), disk: disks[0], disks: disks, base: base}
 	t.Cleanup(e.cleanup)
-	sh(t, "pvcreate", "-q", "-ff", "--yes", disk)
-	sh(t, "vgcreate", "-q", "-s", strconv.Itoa(extent/kib)+"k", e.vg, disk)
+	sh(t, "pvcreate", append([]string{"-q", "-ff", "--yes"}, disks...)...)
+	sh(t, "vgcreate", append([]string{"-q", "-s", strconv.Itoa(extent/kib) + "k", e.vg}, disks...)...)
 	return e
 }
 
@@ -69,10 +77,12 @@ func (e *env) cleanup() {
 	if out, err := try("vgremove", "-q", "-ff", "--yes", e.vg); err != nil {
 		e.t.Errorf("cleanup: vgremove %s: %v\n%s", e.vg, err, out)
 	}
-	if out, err := try("pvremove", "-q", "-ff", "--yes", e.disk); err != nil {
-		e.t.Errorf("cleanup: pvremove %s: %v\n%s", e.disk, err, out)
+	for _, d := range e.disks {
+		if out, err := try("pvremove", "-q", "-ff", "--yes", d); err != nil {
+			e.t.Errorf("cleanup: pvremove %s: %v\n%s", d, err, out)
+		}
+		_, _ = try("wipefs", "-q", "-a", d)
 	}
-	_, _ = try("wipefs", "-q", "-a", e.disk)
 	os.RemoveAll(e.base)
 }
 

@@ -9,6 +9,9 @@ volfs_vm_setup() {
   # they are named anyway so that a missing one is reported by name.
   modprobe -a dm-mod dm-bufio dm-bio-prison dm-persistent-data dm-thin-pool \
     dm-snapshot fuse loop || return 1
+  # RAID layouts (lvcreate --type raid1/raid5/raid6/raid10): dm-raid and
+  # the md personalities it asks for. Striped LVs need only dm-mod.
+  modprobe -a dm-raid raid1 raid10 raid456 || return 1
   # devtmpfs creates these nodes when the modules register; be explicit.
   [ -c /dev/mapper/control ] || dmsetup mknodes || return 1
   [ -c /dev/mapper/control ] || { echo "no /dev/mapper/control"; return 1; }
@@ -38,7 +41,7 @@ global {
 CONF
 }
 if ! volfs_vm_setup; then
-  echo "volfs-vm: guest setup failed (modules dm-mod/dm-thin-pool/dm-snapshot/fuse/loop, /etc/lvm)" >&2
+  echo "volfs-vm: guest setup failed (modules dm-mod/dm-thin-pool/dm-snapshot/dm-raid/fuse/loop, /etc/lvm)" >&2
   exit 125
 fi
 unset -f volfs_vm_setup

@@ -21,7 +21,14 @@ func (d *Driver) Describe(ctx context.Context, name string) (volmap.Details, err
 	if err != nil {
 		return volmap.Details{}, err
 	}
-	return volmap.Details{Kind: lvKind(lv), Path: "/dev/" + d.cfg.VG + "/" + lv.Name, Pool: lv.Pool}, nil
+	det := volmap.Details{Kind: lvKind(lv), Path: "/dev/" + d.cfg.VG + "/" + lv.Name, Pool: lv.Pool,
+		Layout: layoutOf(lv).String()}
+	det.Health, det.Degraded = health(lv)
+	if strings.HasPrefix(lv.SegType, "raid") && lv.SyncPercent >= 0 {
+		sync := lv.SyncPercent
+		det.SyncPercent = &sync
+	}
+	return det, nil
 }
 
 func lvKind(lv LV) string {

@@ -46,6 +46,9 @@ type Config struct {
 	// CacheTTL bounds the age of the cached listing that List, Lookup and
 	// Open use (DefaultCacheTTL when zero; negative: no cache).
 	CacheTTL time.Duration
+	// Layout is the layout of the LVs Create makes (linear when zero);
+	// it must be linear on a thin mount (thin LVs take their pool's).
+	Layout volmap.Layout
 	// PoolLimit refuses snapshots and clones while the thin pool's data or
 	// metadata use is above this percentage (DefaultPoolLimit when zero).
 	PoolLimit float64
@@ -189,6 +192,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 		d.errorWhenFull(ctx)
 	}
+	if err := d.checkLayoutConfig(ctx); err != nil {
+		return nil, err
+	}
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
 		if _, renaming := intentOf(l.lvs[name]); renaming {
@@ -330,7 +336,7 @@ func (d *Driver) fileName(lv LV) (string, bool) {
 
 // volume converts a file LV to the volume model.
 func (d *Driver) volume(lv LV, file string) volmap.Volume {
-	v := volmap.Volume{Name: file, ID: lv.UUID, Size: lv.Size, Used: -1, Thin: lv.Thin()}
+	v := volmap.Volume{Name: file, ID: lv.UUID, Size: lv.Size, Used: -1, Thin: lv.Thin(), Layout: layoutOf(lv)}
 	if v.Thin && lv.DataPercent >= 0 {
 		v.Used = int64(math.Round(float64(lv.Size) * lv.DataPercent / 100))
 	}

@@ -50,6 +50,31 @@ func (d *Driver) roundUp(size int64) (int64, error) {
 	return n * d.extent, nil
 }
 
+// roundUpStripes rounds size up to whole extents on each data stripe of
+// layout (lvcreate and lvresize round a striped or RAID LV up to a full
+// stripe; the driver asks for that size, so it knows the size it gets).
+func (d *Driver) roundUpStripes(size int64, layout volmap.Layout) (int64, error) {
+	n, err := d.roundUp(size)
+	if err != nil || layout.Stripes <= 1 {
+		return n, err
+	}
+	unit := d.extent * int64(layout.Stripes)
+	if n%unit != 0 {
+		if n > (1<<63-1)-unit {
+			return 0, fmt.Errorf("size %d: %w", size, volmap.ErrNoSpace)
+		}
+		n += unit - n%unit
+	}
+	return n, nil
+}
+
+func layoutName(l volmap.Layout) string {
+	if l.Type == "" {
+		return "linear"
+	}
+	return l.String()
+}
+
 func bytesArg(n int64) string { return strconv.FormatInt(n, 10) + "b" }
 
 // Create makes the LV of a new file of at least size bytes (rounded up to
@@ -63,12 +88,18 @@ func bytesArg(n int64) string { return strconv.FormatInt(n, 10) + "b" }
 // not expose bytes they did not write (Volume.Thin is false). Thin LVs are
 // created with -Wn (they read as zeros, there is nothing to wipe); -Z is a
 // pool property and lvcreate refuses it for thin volumes.
+//
+// The LV takes the mount's default layout (Config.Layout).
 func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Attrs) (volmap.Volume, error) {
+	return d.create(ctx, name, size, a, d.cfg.Layout)
+}
+
+func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Attrs, layout volmap.Layout) (volmap.Volume, error) {
 	lvName, err := d.newLVName(name)
 	if err != nil {
 		return volmap.Volume{}, err
 	}
-	bytes, err := d.roundUp(size)
+	bytes, err := d.roundUpStripes(size, layout)
 	if err != nil {
 		return volmap.Volume{}, err
 	}
@@ -76,6 +107,9 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Att
 	if d.cfg.ThinPool != "" {
 		args = append(args, "-V", bytesArg(bytes), "--thinpool", d.cfg.ThinPool, "-Wn")
 	} else {
+		if layout.Type != "" && layout.Type != "linear" {
+			args = append(args, layoutArgs(layout)...)
+		}
 		args = append(args, "-L", bytesArg(bytes), "-Wy", "-Zy")
 	}
 	args = append(args, "--addtag", d.tag)
@@ -89,7 +123,7 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Att
 	_, err = d.lvm.Run(ctx, "lvcreate", args...)
 	d.invalidate()
 	if err != nil {
-		err = fmt.Errorf("create %s (%s/%s, %d bytes): %w", name, d.cfg.VG, lvName, bytes, err)
+		err = fmt.Errorf("create %s (%s/%s, %d bytes, %s): %w", name, d.cfg.VG, lvName, bytes, layoutName(layout), err)
 		// LVM checks names and space before it writes anything; for
 		// other failures (activation, wiping, a cancelled command) the
 		// LV may exist.
@@ -247,13 +281,13 @@ func (d *Driver) rename(ctx context.Context, from, to string) error {
 // the LV; "--fs ignore" is passed where lvresize knows it, since the bytes
 // of a file are not ours to interpret.
 func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, error) {
-	target, err := d.roundUp(size)
-	if err != nil {
-		return 0, err
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lv, err := d.file(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	target, err := d.roundUpStripes(size, layoutOf(lv))
 	if err != nil {
 		return 0, err
 	}

@@ -13,7 +13,7 @@ import (
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
 	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,lv_time," +
-	"vg_missing_pv_count"
+	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent"
 
 // vgFields are the vgs columns the driver reads.
 const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
@@ -51,6 +51,16 @@ type LV struct {
 	// VGMissingPVs is how many PVs of the LV's VG the command did not
 	// see (vg_missing_pv_count).
 	VGMissingPVs int64
+	// Stripes is LVM's count of the segment's images (a striped LV's
+	// stripes, a RAID LV's images with parity and copies); DataStripes
+	// the ones that hold distinct data (0 when not reported).
+	Stripes, DataStripes int64
+	// Health is lv_health_status: "" when healthy, else "partial",
+	// "refresh needed", "mismatches exist"...
+	Health string
+	// SyncPercent is how far a RAID LV's images are in sync (0-100), -1
+	// where it does not apply (not RAID, inactive).
+	SyncPercent float64
 }
 
 // lvTimeLayout is lvm2's default report/time_format ("%Y-%m-%d %T %z").
@@ -105,6 +115,10 @@ func ParseLVs(data []byte) ([]LV, error) {
 			ChunkSize:      p.int("chunk_size", 0),
 			Discards:       p.str("discards"),
 			VGMissingPVs:   p.int("vg_missing_pv_count", 0),
+			Stripes:        p.int("stripes", 0),
+			DataStripes:    p.int("data_stripes", 0),
+			Health:         p.str("lv_health_status"),
+			SyncPercent:    p.percent("sync_percent"),
 		}
 		if t, err := time.Parse(lvTimeLayout, p.str("lv_time")); err == nil {
 			lv.Created = t
