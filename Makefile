@@ -4,7 +4,7 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
-
+VMRUN     := $(CURDIR)/integration/vm/vmrun.sh
 
 .PHONY: all build test hosttest racetest vmtest faulttest lint fuzz bench demo deps clean install uninstall
 
