@@ -559,6 +559,12 @@ func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) sys
 	if length <= 0 {
 		return 0
 	}
+	// Zeroed or unmapped: the mapping of a sparse volume is read again.
+	defer func() {
+		if d := n.dev.Load(); d != nil {
+			d.alloc.drop()
+		}
+	}()
 	end := off + length
 	bs := int64(512)
 	if b, err := volmap.LogicalBlockSize(f); err == nil && b > 0 && b <= bufAlign {
