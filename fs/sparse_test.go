@@ -17,13 +17,13 @@ func TestAddExtent(t *testing.T) {
 		want     []volmap.Extent
 		describe string
 	}{
-		{nil, 10, 5, []volmap.Extent{{10, 5}}, "empty"},
-		{[]volmap.Extent{{10, 5}}, 0, 3, []volmap.Extent{{0, 3}, {10, 5}}, "before"},
-		{[]volmap.Extent{{10, 5}}, 20, 3, []volmap.Extent{{10, 5}, {20, 3}}, "after"},
-		{[]volmap.Extent{{10, 5}}, 15, 3, []volmap.Extent{{10, 8}}, "touching the end"},
-		{[]volmap.Extent{{10, 5}}, 7, 3, []volmap.Extent{{7, 8}}, "touching the start"},
-		{[]volmap.Extent{{10, 5}}, 11, 2, []volmap.Extent{{10, 5}}, "inside"},
-		{[]volmap.Extent{{0, 2}, {10, 5}, {20, 1}, {30, 1}}, 1, 20, []volmap.Extent{{0, 21}, {30, 1}}, "spanning three"},
+		{nil, 10, 5, []volmap.Extent{{Off: 10, Len: 5}}, "empty"},
+		{[]volmap.Extent{{Off: 10, Len: 5}}, 0, 3, []volmap.Extent{{Off: 0, Len: 3}, {Off: 10, Len: 5}}, "before"},
+		{[]volmap.Extent{{Off: 10, Len: 5}}, 20, 3, []volmap.Extent{{Off: 10, Len: 5}, {Off: 20, Len: 3}}, "after"},
+		{[]volmap.Extent{{Off: 10, Len: 5}}, 15, 3, []volmap.Extent{{Off: 10, Len: 8}}, "touching the end"},
+		{[]volmap.Extent{{Off: 10, Len: 5}}, 7, 3, []volmap.Extent{{Off: 7, Len: 8}}, "touching the start"},
+		{[]volmap.Extent{{Off: 10, Len: 5}}, 11, 2, []volmap.Extent{{Off: 10, Len: 5}}, "inside"},
+		{[]volmap.Extent{{Off: 0, Len: 2}, {Off: 10, Len: 5}, {Off: 20, Len: 1}, {Off: 30, Len: 1}}, 1, 20, []volmap.Extent{{Off: 0, Len: 21}, {Off: 30, Len: 1}}, "spanning three"},
 	} {
 		in := append([]volmap.Extent(nil), tc.in...)
 		if got := addExtent(in, tc.off, tc.n); !reflect.DeepEqual(got, tc.want) {
@@ -33,7 +33,7 @@ func TestAddExtent(t *testing.T) {
 }
 
 func TestSeekIn(t *testing.T) {
-	ext := []volmap.Extent{{100, 50}, {300, 100}}
+	ext := []volmap.Extent{{Off: 100, Len: 50}, {Off: 300, Len: 100}}
 	const size = 350
 	for _, tc := range []struct {
 		off    int64
@@ -56,7 +56,7 @@ func TestSeekIn(t *testing.T) {
 	if got := seekIn(ext[:1], 200, size, unix.SEEK_DATA); got != -1 {
 		t.Errorf("SEEK_DATA after the last data: %d", got)
 	}
-	if got := seekIn([]volmap.Extent{{400, 10}}, 200, size, unix.SEEK_DATA); got != -1 {
+	if got := seekIn([]volmap.Extent{{Off: 400, Len: 10}}, 200, size, unix.SEEK_DATA); got != -1 {
 		t.Errorf("SEEK_DATA with data only past the end: %d", got)
 	}
 }
@@ -72,7 +72,7 @@ func TestAllocMapWrites(t *testing.T) {
 		if reads == 1 {
 			m.wrote(1000, 10) // completes during the reading
 		}
-		return []volmap.Extent{{0, 100}}, nil
+		return []volmap.Extent{{Off: 0, Len: 100}}, nil
 	}
 	if pos, ok, err := m.seek(500, 2000, unix.SEEK_DATA, load); !ok || err != nil || pos != 1000 {
 		t.Fatalf("SEEK_DATA over a write made during the reading: %d %v %v", pos, ok, err)

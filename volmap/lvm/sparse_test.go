@@ -29,11 +29,11 @@ func TestParseThinDump(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []volmap.Extent{{0, 3 * c}, {100 * c, c}, {160000 * c, 2 * c}}
+	want := []volmap.Extent{{Off: 0, Len: 3 * c}, {Off: 100 * c, Len: c}, {Off: 160000 * c, Len: 2 * c}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("device 1: %v, want %v", got, want)
 	}
-	if got, err = parseThinDump(strings.NewReader(thinDumpXML), 2); err != nil || !reflect.DeepEqual(got, []volmap.Extent{{7 * c, c}}) {
+	if got, err = parseThinDump(strings.NewReader(thinDumpXML), 2); err != nil || !reflect.DeepEqual(got, []volmap.Extent{{Off: 7 * c, Len: c}}) {
 		t.Fatalf("device 2: %v, %v", got, err)
 	}
 	if _, err := parseThinDump(strings.NewReader(thinDumpXML), 3); err == nil {
@@ -49,7 +49,7 @@ func TestParseThinDump(t *testing.T) {
 			t.Errorf("%s: no error (%v)", bad, ext)
 		}
 	}
-	if got := clipExtents(want, 100*c+10); !reflect.DeepEqual(got, []volmap.Extent{{0, 3 * c}, {100 * c, 10}}) {
+	if got := clipExtents(want, 100*c+10); !reflect.DeepEqual(got, []volmap.Extent{{Off: 0, Len: 3 * c}, {Off: 100 * c, Len: 10}}) {
 		t.Fatalf("clipped: %v", got)
 	}
 }
@@ -80,8 +80,8 @@ func TestParseTables(t *testing.T) {
 }
 
 func TestSortMerge(t *testing.T) {
-	got := sortMerge([]volmap.Extent{{10, 5}, {0, 4}, {4, 2}, {12, 10}, {30, 1}})
-	want := []volmap.Extent{{0, 6}, {10, 12}, {30, 1}}
+	got := sortMerge([]volmap.Extent{{Off: 10, Len: 5}, {Off: 0, Len: 4}, {Off: 4, Len: 2}, {Off: 12, Len: 10}, {Off: 30, Len: 1}})
+	want := []volmap.Extent{{Off: 0, Len: 6}, {Off: 10, Len: 12}, {Off: 30, Len: 1}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%v, want %v", got, want)
 	}
