@@ -288,10 +288,10 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 		return allData()
 	}
 	defer d.release()
-	if d.alloc == nil {
+	sp, ok := n.root.drv.(volmap.Sparser)
+	if d.alloc == nil || !ok {
 		return allData()
 	}
-	sp := n.root.drv.(volmap.Sparser) // alloc is set only for Sparsers
 	pos, ok, err := d.alloc.seek(int64(off), size, int(whence), func() ([]volmap.Extent, error) {
 		start := time.Now()
 		ext, err := sp.Allocated(ctx, n.name, d.direct)
