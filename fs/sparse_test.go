@@ -1,13 +1,17 @@
 package fs
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/volfs/volfs/volmap"
+	"github.com/volfs/volfs/volmap/loopdir"
 )
 
 func TestAddExtent(t *testing.T) {
@@ -127,4 +131,96 @@ func TestZeroWrite(t *testing.T) {
 	if (&device{bs: 512}).zeroWrite(make([]byte, 1<<20), 0) {
 		t.Fatal("not a sparse device")
 	}
+}
+
+// SEEK_DATA/SEEK_HOLE of a sparse volume follow its mapping, writes made
+// after the mapping was read are data at once, and aligned writes of
+// zeros (through the io_uring queues where the kernel has them) unmap
+// chunks through the driver's Zeroer instead of writing.
+func TestSparseSeekAndZeroWrites(t *testing.T) {
+	m := newTestMount(t, mountConfig{Config: loopdir.Config{Thin: true, BlockSize: 4096}, Zeroer: true, IOUring: true})
+	p := m.path("sp")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(8 * mib); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0xa5}, mib)
+	for _, off := range []int64{0, 4 * mib} {
+		if _, err := f.WriteAt(data, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seek := func(off int64, whence int) int64 {
+		t.Helper()
+		pos, err := unix.Seek(int(f.Fd()), off, whence)
+		if errors.Is(err, unix.ENXIO) {
+			return -1
+		}
+		if err != nil {
+			t.Fatalf("lseek(%d, %d): %v", off, whence, err)
+		}
+		return pos
+	}
+	want := func(off int64, whence int, pos int64) {
+		t.Helper()
+		if got := seek(off, whence); got != pos {
+			t.Fatalf("lseek(%d, %s) = %d, want %d", off, map[int]string{unix.SEEK_DATA: "SEEK_DATA", unix.SEEK_HOLE: "SEEK_HOLE"}[whence], got, pos)
+		}
+	}
+	want(0, unix.SEEK_DATA, 0)
+	want(0, unix.SEEK_HOLE, mib)
+	want(mib, unix.SEEK_DATA, 4*mib)
+	want(4*mib, unix.SEEK_HOLE, 5*mib)
+	want(5*mib, unix.SEEK_DATA, -1)
+
+	// Written after the mapping was read: data.
+	if _, err := f.WriteAt(data[:4096], 2*mib); err != nil {
+		t.Fatal(err)
+	}
+	want(mib, unix.SEEK_DATA, 2*mib)
+
+	// 1 MiB of zeros over data, O_DIRECT and aligned: the ring's fast
+	// path hands it to the handler, which unmaps.
+	df, err := os.OpenFile(p, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer df.Close()
+	zeros := alignedBuf(mib)
+	before := m.d.Calls(loopdir.OpZero)
+	if _, err := df.WriteAt(zeros, 4*mib); err != nil {
+		t.Fatal(err)
+	}
+	if m.d.Calls(loopdir.OpZero) == before {
+		t.Fatal("a write of zeros over whole chunks did not unmap them")
+	}
+	m.checkZero("sp", 4*mib, mib)
+	want(3*mib, unix.SEEK_DATA, -1)
+	// Zeros not covering a chunk are written; data stays data.
+	before = m.d.Calls(loopdir.OpZero)
+	if _, err := df.WriteAt(zeros[:4096], 0); err != nil {
+		t.Fatal(err)
+	}
+	if m.d.Calls(loopdir.OpZero) != before {
+		t.Fatal("a 4 KiB write of zeros went to the Zeroer")
+	}
+	want(0, unix.SEEK_DATA, 0)
+	got := make([]byte, mib)
+	if _, err := f.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !allZero(got[:4096]) || !bytes.Equal(got[4096:], data[4096:]) {
+		t.Fatal("the first MiB is not 4 KiB of zeros and the data")
+	}
+}
+
+// alignedBuf is a zeroed buffer aligned for O_DIRECT.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+4096)
+	off := 4096 - int(uintptr(unsafe.Pointer(&b[0]))&4095)
+	return b[off : off+n]
 }
