@@ -1,6 +1,7 @@
 package lvm
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/xml"
@@ -123,7 +124,7 @@ func (d *Driver) Allocated(ctx context.Context, name string, f *os.File) ([]volm
 	if err != nil {
 		return nil, fmt.Errorf("mapping of %s (thin device %d of pool %s): %w", name, t.devID, poolName, err)
 	}
-	ext, err := parseThinDump(strings.NewReader(string(out)), t.devID)
+	ext, err := parseThinDump(bytes.NewReader(out), t.devID)
 	if err != nil {
 		return nil, fmt.Errorf("mapping of %s (thin device %d of pool %s): %w", name, t.devID, poolName, err)
 	}
