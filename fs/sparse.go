@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sort"
@@ -293,6 +294,14 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 		return allData()
 	}
 	pos, ok, err := d.alloc.seek(int64(off), size, int(whence), func() ([]volmap.Extent, error) {
+		// Unaligned writes sit in the device's page cache until written
+		// back, and the allocator maps their chunks only then: write
+		// them out first (writes that complete from now on are
+		// recorded by the map itself).
+		const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
+		if err := unix.SyncFileRange(int(d.buffered.Fd()), 0, 0, all); err != nil {
+			return nil, fmt.Errorf("write out before reading the mapping: %w", err)
+		}
 		start := time.Now()
 		ext, err := sp.Allocated(ctx, n.name, d.direct)
 		n.root.log.Debug("read the mapping of a sparse volume", slog.String("volume", n.name),
