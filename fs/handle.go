@@ -30,6 +30,13 @@ type device struct {
 	// reports each write-back error to volfs exactly once (see errSeq).
 	syncFd int32
 	bs     int64 // logical block size: the O_DIRECT unit
+	// alloc is the mapping of a sparse volume (sparse.go), nil when every
+	// byte of the volume is data. Every write through volfs is recorded
+	// in it.
+	alloc *allocMap
+	// unmapUnit is the chunk size the driver's Zeroer unmaps (writes of
+	// zeros over whole chunks unmap them), 0: zeros are written.
+	unmapUnit int64
 	// refs is 1 for the image that holds the device plus one per
 	// operation in flight on its descriptors (ring operations, and every
 	// raw-fd syscall through Image.acquireDevice; os.File guards only its
@@ -128,8 +135,10 @@ func (d *device) readAt(p []byte, off int64) (int, error) {
 
 // writeAt writes p at off. Request payloads sit behind the FUSE header and
 // are never aligned in memory, so aligned writes go through a pooled
-// aligned buffer.
+// aligned buffer. The range counts as data in the mapping from now on,
+// whatever the outcome.
 func (d *device) writeAt(p []byte, off int64) (int, error) {
+	defer d.alloc.wrote(off, int64(len(p)))
 	if !d.aligned(off, len(p)) {
 		return d.buffered.WriteAt(p, off)
 	}
@@ -274,7 +283,9 @@ func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
 		buffered.Close()
 		return n.root.toErrno("open", n.name, err)
 	}
-	n.dev.Store(newDevice(direct, buffered, int64(bs)))
+	d := newDevice(direct, buffered, int64(bs))
+	n.setupSparseLocked(ctx, d)
+	n.dev.Store(d)
 	return 0
 }
 
@@ -330,13 +341,22 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, n.staleErrno()
 	}
 	defer d.release()
-	k, err := d.writeAt(data, off)
+	k, err := n.writeDevice(ctx, d, data, off)
 	n.wtime.Store(time.Now().UnixNano())
 	n.written.Store(true)
 	if err != nil {
 		return uint32(k), n.root.toErrno(opNameWrite, n.name, err)
 	}
 	return uint32(k), 0
+}
+
+// writeDevice writes data at off: zeros over whole chunks of a sparse
+// volume are unmapped (writeZeroChunks), anything else is written.
+func (n *Image) writeDevice(ctx context.Context, d *device, data []byte, off int64) (int, error) {
+	if d.zeroWrite(data, off) {
+		return n.writeZeroChunks(ctx, d, data, off)
+	}
+	return d.writeAt(data, off)
 }
 
 // extendingWrite grows the device (in geometric steps) and the logical size.
@@ -373,7 +393,7 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 			return 0, errno
 		}
 	}
-	k, err := d.writeAt(data, off)
+	k, err := n.writeDevice(ctx, d, data, off)
 	if reached := off + int64(k); reached > cur {
 		n.size.Store(reached)
 	}
@@ -594,19 +614,4 @@ func (n *Image) zeroInside(ctx context.Context, start, end int64, punch bool) sy
 		return n.zeroFile(ctx, d.direct, start, end-start)
 	}
 	return n.root.toErrno(opNamePunchHole, n.name, err)
-}
-
-// Lseek answers SEEK_DATA and SEEK_HOLE: the whole file is data.
-func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	size := uint64(h.node.size.Load())
-	if off >= size {
-		return 0, syscall.ENXIO
-	}
-	switch whence {
-	case unix.SEEK_DATA:
-		return off, 0
-	case unix.SEEK_HOLE:
-		return size, 0
-	}
-	return 0, syscall.EINVAL
 }

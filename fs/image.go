@@ -109,7 +109,16 @@ var (
 	_ gofs.NodeListxattrer   = (*Image)(nil)
 	_ gofs.NodeRemovexattrer = (*Image)(nil)
 	_ gofs.NodeOnForgetter   = (*Image)(nil)
+	_ gofs.NodeStatfser      = (*Image)(nil)
 )
+
+// Statfs of a file is its file system's. Without it go-fuse answers zeros:
+// `df FILE` shows nothing, and a loop device over the file gets a discard
+// granularity of 0, which makes the kernel refuse every discard on it
+// (fstrim in a file system on the image would give nothing back).
+func (n *Image) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	return n.root.Statfs(ctx, out)
+}
 
 func newImage(r *Root, v volmap.Volume) *Image {
 	n := &Image{root: r, ino: inoOf(v.Identity()), name: v.Name}
@@ -654,6 +663,12 @@ func (n *Image) zeroFile(ctx context.Context, f *os.File, off, length int64) sys
 	if length <= 0 {
 		return 0
 	}
+	// Zeroed or unmapped: the mapping of a sparse volume is read again.
+	defer func() {
+		if d := n.dev.Load(); d != nil {
+			d.alloc.drop()
+		}
+	}()
 	end := off + length
 	bs := int64(512)
 	if b, err := volmap.LogicalBlockSize(f); err == nil && b > 0 && b <= bufAlign {

@@ -526,6 +526,17 @@ func TestStatfs(t *testing.T) {
 			t.Fatalf("space after one file: %+v", sp)
 		}
 		check()
+		// statfs of a file is its file system's (df FILE; the loop
+		// driver takes a loop device's discard granularity from it, and
+		// refuses every discard when that is 0).
+		var root, file unix.Statfs_t
+		if err := unix.Statfs(m.dir, &root); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Statfs(m.dir+"/s", &file); err != nil || file.Bsize != root.Bsize || file.Blocks != root.Blocks {
+			t.Fatalf("statfs of a file: bsize %d, %d blocks (%v); of the mount: bsize %d, %d blocks",
+				file.Bsize, file.Blocks, err, root.Bsize, root.Blocks)
+		}
 	})
 }
 

@@ -940,6 +940,11 @@ func (q *ringQueue) startDirect(i int) bool {
 	if op != uring.OpFsync && (size == 0 || size > maxIO || !d.aligned(off, int(size))) {
 		return false
 	}
+	if op == uring.OpWrite && d.zeroWrite(e.payload[:size], off) {
+		// Zeros over whole chunks of a sparse volume: the handle's code
+		// unmaps them instead of allocating them.
+		return false
+	}
 	if !d.acquire() {
 		return false
 	}
@@ -975,6 +980,12 @@ func (q *ringQueue) directDone(i int, res int32) {
 	q.inDevice--
 	now := time.Now()
 	q.devLatency += (now.Sub(e.started) - q.devLatency) / 8
+	if e.in().Opcode == opWrite {
+		// Data now (even if it failed: the handle's redo writes it), in
+		// the mapping before the reply.
+		a := e.args()
+		e.dev.alloc.wrote(int64(a.Offset), int64(a.Size))
+	}
 	img := q.endDevice(i)
 	if res < 0 {
 		if e.in().Opcode == opFsync {

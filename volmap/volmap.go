@@ -140,6 +140,29 @@ type Zeroer interface {
 	Zero(ctx context.Context, name string, f *os.File, off, length int64) error
 }
 
+// Extent is the byte range [Off, Off+Len) of a volume's device.
+type Extent struct {
+	Off, Len int64
+}
+
+// Sparser is implemented by drivers whose volumes may leave ranges
+// unallocated (thin volumes): such a range reads as zeros and holds no
+// space. Without it, or for a volume it says is not sparse, every byte of
+// a volume is data.
+type Sparser interface {
+	// UnmapUnit returns the size of the aligned chunks of the volume that
+	// Zeroer.Zero unmaps rather than writes (a thin pool's chunk size),
+	// or 0 when the volume is not sparse or Zero would write zeros anyway.
+	// A write of zeros covering such chunks may then be served by Zero
+	// without allocating them.
+	UnmapUnit(ctx context.Context, name string) (int64, error)
+	// Allocated returns the ranges of the volume, open as f (kept open by
+	// the caller), that hold data, sorted and disjoint, as the volume's
+	// allocator had them when the call started; everything else reads as
+	// zeros. It may report more than is allocated, never less.
+	Allocated(ctx context.Context, name string, f *os.File) ([]Extent, error)
+}
+
 // Snapshot is a read-only, point-in-time copy of a volume (see
 // Snapshotter).
 type Snapshot struct {

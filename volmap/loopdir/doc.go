@@ -3,7 +3,8 @@
 // layer needs BLKGETSIZE64, BLKSSZGET and O_DIRECT) with every optional
 // capability of a volume manager (create, remove, rename, replace, resize,
 // detach, name checks, space, flush, and zeroing through the Zeroing
-// wrapper).
+// wrapper, which also reports a thin volume's mapping: the holes of its
+// image file).
 //
 // It exists so that volfs's lifecycle code (lazy create, growth and trim,
 // rename over a file, remove of an open file, zeroing) runs in-process on

@@ -173,3 +173,62 @@ func (z Zeroing) Zero(ctx context.Context, name string, f *os.File, off, length 
 	d.done(OpZero)
 	return nil
 }
+
+var _ volmap.Sparser = Zeroing{}
+
+// sparseUnit is the chunk a thin loopdir volume unmaps: any block-aligned
+// range can be punched in the image file; 64 KiB is dm-thin's smallest
+// chunk.
+const sparseUnit = 64 << 10
+
+// UnmapUnit is sparseUnit for thin volumes (Zero punches holes), else 0.
+func (z Zeroing) UnmapUnit(ctx context.Context, name string) (int64, error) {
+	if !z.cfg.Thin {
+		return 0, nil
+	}
+	return sparseUnit, nil
+}
+
+// Allocated returns the data ranges of the image file behind the loop
+// device f (SEEK_DATA/SEEK_HOLE on it): what the volume really holds. A
+// linear volume is all data.
+func (z Zeroing) Allocated(ctx context.Context, name string, f *os.File) ([]volmap.Extent, error) {
+	size, err := volmap.DeviceSize(f)
+	if err != nil {
+		return nil, err
+	}
+	if !z.cfg.Thin {
+		return []volmap.Extent{{Off: 0, Len: size}}, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, fmt.Errorf("mapping of %q: %w", name, err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/loop/backing_file", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+	if err != nil {
+		return nil, fmt.Errorf("mapping of %q: %w", name, err)
+	}
+	img, err := os.Open(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("mapping of %q: %w", name, err)
+	}
+	defer img.Close()
+	var ext []volmap.Extent
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(img.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) || (err == nil && data >= size) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("mapping of %q: SEEK_DATA: %w", name, err)
+		}
+		hole, err := unix.Seek(int(img.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("mapping of %q: SEEK_HOLE: %w", name, err)
+		}
+		hole = min(hole, size)
+		ext = append(ext, volmap.Extent{Off: data, Len: hole - data})
+		off = hole
+	}
+	return ext, nil
+}

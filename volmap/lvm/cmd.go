@@ -266,7 +266,18 @@ func (r *Runner) Report(ctx context.Context, command string, fields string, args
 
 // exec runs lvm with exactly argv (after the binary).
 func (r *Runner) exec(ctx context.Context, argv []string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, r.binary(), argv...)
+	return r.execBinary(ctx, r.binary(), argv[0], argv)
+}
+
+// Tool runs another device-mapper tool (dmsetup, thin_dump) from $PATH
+// the way lvm commands run: LC_ALL=C, interrupted when ctx ends, logged
+// and observed under name, failures as *CmdError keeping stderr.
+func (r *Runner) Tool(ctx context.Context, bin string, args ...string) ([]byte, error) {
+	return r.execBinary(ctx, bin, bin, args)
+}
+
+func (r *Runner) execBinary(ctx context.Context, bin, name string, argv []string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, bin, argv...)
 	// LC_ALL=C: messages are matched in English. LVM_SUPPRESS_FD_WARNINGS:
 	// no "File descriptor N leaked" noise if a caller's fd lacks CLOEXEC.
 	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
@@ -280,17 +291,21 @@ func (r *Runner) exec(ctx context.Context, argv []string) ([]byte, error) {
 	start := time.Now()
 	err := cmd.Run()
 	took := time.Since(start)
-	observe(argv[0], took, err != nil)
+	observe(name, took, err != nil)
 	code := -1
 	if cmd.ProcessState != nil {
 		code = cmd.ProcessState.ExitCode()
 	}
-	r.log().Debug("lvm", slog.String("cmd", shellJoin(argv, 400)), slog.Duration("took", took),
+	msg := "lvm"
+	if name == bin {
+		msg = bin // Tool
+	}
+	r.log().Debug(msg, slog.String("cmd", shellJoin(argv, 400)), slog.Duration("took", took),
 		slog.Int("exit", code))
 	if err == nil {
 		return stdout.Bytes(), nil
 	}
-	ce := &CmdError{Args: append([]string{r.binary()}, argv...), ExitCode: code, Stderr: stderr.String(), Err: err}
+	ce := &CmdError{Args: append([]string{bin}, argv...), ExitCode: code, Stderr: stderr.String(), Err: err}
 	if ctx.Err() != nil {
 		ce.Ctx = ctx.Err()
 	}

@@ -92,6 +92,10 @@ type Driver struct {
 	pvs  []string
 	pvAt time.Time
 
+	// mapMu serializes readings of thin mappings (sparse.go): a pool
+	// has one metadata snapshot at a time.
+	mapMu sync.Mutex
+
 	warned sync.Map // keys of warnings already logged
 
 	snaps snapState // snapshots.go

@@ -28,14 +28,7 @@ func (d *Driver) Zero(ctx context.Context, name string, f *os.File, off, length 
 	if err != nil {
 		return err
 	}
-	chunk := int64(0)
-	if lv.Thin() {
-		if l, err := d.listing(ctx); err == nil {
-			if pool, ok := l.lvs[lv.Pool]; ok && pool.Discards != "ignore" {
-				chunk = pool.ChunkSize
-			}
-		}
-	}
+	chunk := d.chunkOf(ctx, lv)
 	end := off + length
 	if chunk <= 0 || length < chunk {
 		return zeroRange(f, off, length)
