@@ -288,6 +288,39 @@ func TestSparseZeroing(t *testing.T) {
 	checkMap(t, img, []span{{200 * 64 * kib, 64 * kib}}, 64*mib)
 }
 
+// A pool that does not zero new chunks (lvcreate -Zn) gets zeros written,
+// never unmapped: a chunk unmapped there and provisioned again by a later
+// partial write would show the disk's old contents around that write.
+func TestSparseNoZeroingPool(t *testing.T) {
+	e := newVG(t)
+	sh(t, "lvcreate", "-q", "--type", "thin-pool", "-Zn", "-L", "256m", "-n", "pool", e.vg)
+	sh(t, "lvchange", "-q", "--errorwhenfull", "y", e.vg+"/pool")
+	m := e.mount("--thin-pool", "pool")
+	src := e.file("data", 16*mib, 9)
+	img := m.path("img")
+	sh(t, "cp", src, img)
+	hold(t, img, "")
+	for _, cmd := range [][]string{
+		{"dd", "if=/dev/zero", "of=" + img, "bs=1M", "seek=4", "count=4", "conv=notrunc", "status=none"},
+		{"fallocate", "--punch-hole", "-o", strconv.Itoa(10 * mib), "-l", strconv.Itoa(4 * mib), img},
+	} {
+		before := e.poolUsed("pool")
+		sh(t, cmd[0], cmd[1:]...)
+		if freed := before - e.poolUsed("pool"); freed > 0 {
+			t.Errorf("%s on a pool without zeroing unmapped %d KiB", cmd[0], freed/kib)
+		}
+	}
+	want := fileBytes(t, src, 0, 16*mib)
+	clear(want[4*mib : 8*mib])
+	clear(want[10*mib : 14*mib])
+	got := fileBytes(t, img, 0, 16*mib)
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("byte %d: %#x, want %#x", i, got[i], want[i])
+		}
+	}
+}
+
 // A file system on an image (through a loop device) gives the space of
 // deleted files back to the pool with fstrim.
 func TestSparseTrim(t *testing.T) {

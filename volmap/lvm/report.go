@@ -12,7 +12,7 @@ import (
 
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
-	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,lv_time," +
+	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,zero,lv_time," +
 	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent"
 
 // vgFields are the vgs columns the driver reads.
@@ -45,6 +45,10 @@ type LV struct {
 	// Discards is a thin pool's discard mode: "passdown", "nopassdown" or
 	// "ignore" (a pool that ignores discards never unmaps).
 	Discards string
+	// ZeroesNew is a thin pool's zeroing of newly provisioned chunks
+	// (lvcreate -Zy, the default). Without it a partial write into a new
+	// chunk leaves the rest of the chunk as the disk held it.
+	ZeroesNew bool
 	// Created is lv_time, when the LV was created (zero if not reported
 	// or not understood).
 	Created time.Time
@@ -114,6 +118,7 @@ func ParseLVs(data []byte) ([]LV, error) {
 			KernelMinor:    p.int("lv_kernel_minor", -1),
 			ChunkSize:      p.int("chunk_size", 0),
 			Discards:       p.str("discards"),
+			ZeroesNew:      p.str("zero") != "",
 			VGMissingPVs:   p.int("vg_missing_pv_count", 0),
 			Stripes:        p.int("stripes", 0),
 			DataStripes:    p.int("data_stripes", 0),

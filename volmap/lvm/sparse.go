@@ -36,7 +36,10 @@ func (d *Driver) UnmapUnit(ctx context.Context, name string) (int64, error) {
 }
 
 // chunkOf is the chunk size Zero unmaps in lv's pool: 0 when lv is not
-// thin, its pool is unknown or ignores discards.
+// thin, its pool is unknown or ignores discards, or does not zero new
+// chunks. On such a pool an unmapped chunk that a later partial write
+// provisions again would show, around that write, whatever the disk held
+// (another image's old data): zeros are written instead.
 func (d *Driver) chunkOf(ctx context.Context, lv LV) int64 {
 	if !lv.Thin() {
 		return 0
@@ -45,7 +48,7 @@ func (d *Driver) chunkOf(ctx context.Context, lv LV) int64 {
 	if err != nil {
 		return 0
 	}
-	if pool, ok := l.lvs[lv.Pool]; ok && pool.Discards != "ignore" {
+	if pool, ok := l.lvs[lv.Pool]; ok && pool.Discards != "ignore" && pool.ZeroesNew {
 		return pool.ChunkSize
 	}
 	return 0
