@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 
 
-.PHONY: all build test hosttest racetest vmtest lint fuzz bench demo deps clean install uninstall
+.PHONY: all build test hosttest racetest vmtest multihost-test lint fuzz bench demo deps clean install uninstall
 
 # Where `make install` puts things; DESTDIR is prepended to each.
 # mount(8) looks for helpers in /sbin only, whatever the PREFIX.
@@ -49,6 +49,12 @@ racetest:
 # guest would take minutes). VMRUNARGS=-run REGEXP runs some tests only.
 vmtest: build
 	VOLFS_BIN=$(CURDIR)/bin/volfs GO=$(GO) scripts/vmtest.sh $(VMRUNARGS)
+
+# Several hosts on one shared VG (lvmlockd + sanlock): two guests at once
+# sharing one disk (scripts/multihost-test.sh). Slow (minutes under TCG):
+# not part of `make test`. VMRUNARGS=-run REGEXP runs some tests only.
+multihost-test: build
+	VOLFS_BIN=$(CURDIR)/bin/volfs GO=$(GO) scripts/multihost-test.sh $(VMRUNARGS)
 
 lint:
 	$(GO) mod tidy -diff

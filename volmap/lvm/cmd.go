@@ -111,8 +111,21 @@ func (e *CmdError) Unwrap() []error {
 
 // lockFailure reports whether the command failed because it could not get
 // an LVM lock (and changed nothing).
+//
+// On a shared VG that includes lvmlockd's VG and global locks held by
+// another host for a moment (lvm retries those itself, a few times, one
+// second apart) and a lockspace that is still starting: contention, not an
+// error. An LV's lock held by another host ("LV locked by other host") is
+// not retried: it is held as long as the LV is active there (ErrInUse).
 func (e *CmdError) lockFailure() bool {
-	return strings.Contains(e.Stderr, "Can't get lock") || strings.Contains(e.Stderr, "Giving up waiting for lock")
+	for _, m := range []string{"Can't get lock", "Giving up waiting for lock",
+		"lock failed: held by other host", "lock failed: lock start in progress",
+		"Global lock failed: lockspace is starting"} {
+		if strings.Contains(e.Stderr, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // patterns map lvm2 messages (lower-cased lines) to sentinels, in
@@ -125,6 +138,7 @@ var patterns = []struct {
 	{[]string{"in use"}, volmap.ErrInUse}, // "Logical volume vg/lv in use.", "contains a filesystem in use"
 	{[]string{"used by another device"}, volmap.ErrInUse},
 	{[]string{"open logical volume"}, volmap.ErrInUse}, // "Can't remove open logical volume"
+	{[]string{"locked by other host"}, volmap.ErrInUse}, // lvmlockd: the LV is active on another host
 	{[]string{"already exists"}, volmap.ErrExists},
 	{[]string{"insufficient free space"}, volmap.ErrNoSpace},
 	{[]string{"insufficient suitable"}, volmap.ErrNoSpace}, // "... allocatable extents"
@@ -291,6 +305,32 @@ func (r *Runner) exec(ctx context.Context, argv []string) ([]byte, error) {
 		return stdout.Bytes(), nil
 	}
 	ce := &CmdError{Args: append([]string{r.binary()}, argv...), ExitCode: code, Stderr: stderr.String(), Err: err}
+	if ctx.Err() != nil {
+		ce.Ctx = ctx.Err()
+	}
+	return stdout.Bytes(), ce
+}
+
+// Tool runs another program of the LVM stack (lvmconfig, lvmlockctl,
+// sanlock) with the environment of the lvm commands and returns its
+// stdout; failures are *CmdError.
+func (r *Runner) Tool(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LVM_SUPPRESS_FD_WARNINGS=1")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	code := -1
+	if cmd.ProcessState != nil {
+		code = cmd.ProcessState.ExitCode()
+	}
+	r.log().Debug("lvm tool", slog.String("cmd", shellJoin(append([]string{name}, args...), 400)),
+		slog.Duration("took", time.Since(start)), slog.Int("exit", code))
+	if err == nil {
+		return stdout.Bytes(), nil
+	}
+	ce := &CmdError{Args: append([]string{name}, args...), ExitCode: code, Stderr: stderr.String(), Err: err}
 	if ctx.Err() != nil {
 		ce.Ctx = ctx.Err()
 	}

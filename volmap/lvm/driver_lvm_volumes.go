@@ -105,6 +105,9 @@ func (d *Driver) Create(ctx context.Context, name string, size int64, a meta.Att
 	if err == nil {
 		lv, ok := l.lvs[lvName]
 		if _, isFile := d.fileName(lv); ok && isFile {
+			// lvcreate activated it (exclusively on a shared VG):
+			// Idle deactivates it once the file is not open.
+			d.noteActivated(lv.UUID)
 			return d.volume(lv, name), nil
 		}
 		err = fmt.Errorf("created LV %s/%s is missing or not a file of this mount: %+v", d.cfg.VG, lvName, lv)

@@ -16,7 +16,7 @@ const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,l
 	"vg_missing_pv_count"
 
 // vgFields are the vgs columns the driver reads.
-const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
+const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type"
 
 // LV is one row of an lvs report.
 type LV struct {
@@ -74,6 +74,9 @@ type VG struct {
 	Size       int64
 	Free       int64
 	ExtentSize int64
+	// LockType is vg_lock_type: "sanlock" or "dlm" for a VG shared
+	// between hosts through lvmlockd, empty for a local VG.
+	LockType string
 }
 
 // ParseLVs parses the JSON of "lvs --reportformat json --units b
@@ -147,6 +150,7 @@ func ParseVGs(data []byte) ([]VG, error) {
 			Size:       p.int("vg_size", 0),
 			Free:       p.int("vg_free", 0),
 			ExtentSize: p.int("vg_extent_size", 0),
+			LockType:   p.str("vg_lock_type"),
 		}
 		if p.err != nil {
 			return nil, fmt.Errorf("vgs report, row %d (%q): %w", i, vg.Name, p.err)
