@@ -137,7 +137,7 @@ var patterns = []struct {
 }{
 	{[]string{"in use"}, volmap.ErrInUse}, // "Logical volume vg/lv in use.", "contains a filesystem in use"
 	{[]string{"used by another device"}, volmap.ErrInUse},
-	{[]string{"open logical volume"}, volmap.ErrInUse}, // "Can't remove open logical volume"
+	{[]string{"open logical volume"}, volmap.ErrInUse},  // "Can't remove open logical volume"
 	{[]string{"locked by other host"}, volmap.ErrInUse}, // lvmlockd: the LV is active on another host
 	{[]string{"already exists"}, volmap.ErrExists},
 	{[]string{"insufficient free space"}, volmap.ErrNoSpace},
