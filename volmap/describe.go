@@ -13,6 +13,9 @@ type Details struct {
 	Path string `json:"path"`
 	// Pool is the thin pool of a thin volume.
 	Pool string `json:"pool,omitempty"`
+	// ActiveOn names the other host that has the volume in use ("host
+	// 2") on storage shared between hosts; this host cannot open it.
+	ActiveOn string `json:"active_on,omitempty"`
 }
 
 // Describer is implemented by drivers that can say where a volume lives.

@@ -82,7 +82,11 @@ func printListing(w io.Writer, l *volfs.Listing) {
 		if f.Handles > 0 {
 			open = strconv.Itoa(f.Handles)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind, dev, open, holderList(f.Holders))
+		by := holderList(f.Holders)
+		if f.ActiveOn != "" {
+			by = f.ActiveOn + " (shared VG)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind, dev, open, by)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%s, %s, %s used\n", plural(l.Total.Files, "file"), size(l.Total.Size), size(l.Total.Used))

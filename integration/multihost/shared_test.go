@@ -2,6 +2,7 @@ package multihost
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -117,8 +118,22 @@ func host1(t *testing.T) {
 
 	m.umount(t)
 	// Host 2 stopped its lockspace: the VG can go (the disk image is
-	// deleted anyway; this checks that nothing stays locked).
-	timed(t, "vgremove", "-y", "-ff", vg)
+	// deleted anyway; this checks that nothing stays locked). sanlock
+	// sees the other host leave its lockspace some time after it did
+	// ("Lockspace ... not stopped on other hosts" meanwhile).
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		out, err := exec.Command("vgremove", "-y", "-ff", vg).CombinedOutput()
+		if err == nil {
+			t.Logf("TIMING vgremove after host 2's lock-stop: %v (%d attempts)", time.Since(start).Round(time.Second), attempt)
+			break
+		}
+		if time.Since(start) > 5*time.Minute {
+			t.Fatalf("vgremove %s: %v\n%s", vg, err, out)
+		}
+		t.Logf("vgremove attempt %d: %v: %s", attempt, err, bytes.TrimSpace(out))
+		time.Sleep(15 * time.Second)
+	}
 }
 
 func host2(t *testing.T) {
@@ -153,6 +168,9 @@ func host2(t *testing.T) {
 		t.Errorf("the refusal took %v: it must not wait for the lock", took)
 	}
 	m.logHas(t, "host 1")
+	if by := m.activeOn(t, "img1"); by != "host 1" {
+		t.Errorf("volfs ls on host 2: img1 active on %q, want \"host 1\"", by)
+	}
 	if err := os.Remove(m.path("img1")); !errors.Is(err, syscall.EBUSY) {
 		t.Errorf("rm of a file open on host 1: %v, want EBUSY", err)
 	}
@@ -263,6 +281,29 @@ func (m *mount) names(t *testing.T) []string {
 		out = append(out, e.Name())
 	}
 	return out
+}
+
+// activeOn is what volfs ls --json says about the other host that has the
+// file in use.
+func (m *mount) activeOn(t *testing.T, name string) string {
+	t.Helper()
+	var l struct {
+		Files []struct {
+			Name     string `json:"name"`
+			ActiveOn string `json:"active_on"`
+		} `json:"files"`
+	}
+	out := timed(t, volfsBin, "ls", "--json", m.dir)
+	if err := json.Unmarshal([]byte(out), &l); err != nil {
+		t.Fatalf("volfs ls --json: %v\n%s", err, out)
+	}
+	for _, f := range l.Files {
+		if f.Name == name {
+			return f.ActiveOn
+		}
+	}
+	t.Errorf("volfs ls --json does not list %s:\n%s", name, out)
+	return ""
 }
 
 // logHas fails unless the server log contains every one of subs.

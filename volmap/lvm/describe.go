@@ -15,13 +15,15 @@ var (
 )
 
 // Describe says which LV a file is: its segment type, /dev/VG/LV (the path
-// lvdisplay shows) and thin pool.
+// lvdisplay shows) and thin pool, and on a shared VG the other host that
+// has it active.
 func (d *Driver) Describe(ctx context.Context, name string) (volmap.Details, error) {
 	lv, err := d.file(ctx, name)
 	if err != nil {
 		return volmap.Details{}, err
 	}
-	return volmap.Details{Kind: lvKind(lv), Path: "/dev/" + d.cfg.VG + "/" + lv.Name, Pool: lv.Pool}, nil
+	return volmap.Details{Kind: lvKind(lv), Path: "/dev/" + d.cfg.VG + "/" + lv.Name, Pool: lv.Pool,
+		ActiveOn: d.activeOn(ctx, lv)}, nil
 }
 
 func lvKind(lv LV) string {

@@ -32,6 +32,12 @@ type sharedVG struct {
 	// LV that was active before (a VM on /dev/VG/LV) is left as it was.
 	mu        sync.Mutex
 	activated map[string]bool
+
+	// dumpMu guards dumps and dumpAt: sanlock lease dumps by offset,
+	// reused for a second (volfs ls asks about every file).
+	dumpMu sync.Mutex
+	dumps  map[string]string
+	dumpAt time.Time
 }
 
 // lockStartAttempts and lockStartWait bound how long a mount tries to start
@@ -144,16 +150,9 @@ func (d *Driver) heldElsewhere(ctx context.Context, lv LV, err error) error {
 	if d.shared == nil || !lockedElsewhere(err) {
 		return err
 	}
-	lockLV := lv
-	if lv.Thin() && lv.Pool != "" {
-		if l, lerr := d.listing(ctx); lerr == nil {
-			if p, ok := l.lvs[lv.Pool]; ok {
-				lockLV = p
-			}
-		}
-	}
+	lockLV := d.lockOf(ctx, lv)
 	who := "another host"
-	if id := d.lockHolder(ctx, lockLV.UUID); id > 0 {
+	if id := d.lockHolder(ctx, lockLV); id > 0 {
 		who = "host " + strconv.Itoa(id)
 	}
 	what := d.cfg.VG + "/" + lv.Name
@@ -165,23 +164,82 @@ func (d *Driver) heldElsewhere(ctx context.Context, lv LV, err error) error {
 	return fmt.Errorf("%s is active on %s, which holds its lock (close it there first): %w", what, who, err)
 }
 
-// lockHolder reads the sanlock leases of the VG (sanlock direct dump of its
-// lvmlock LV) and returns the host id holding the lease of the LV whose
-// UUID is uuid (lvmlockd names an LV's lease after its UUID), 0 if that
-// cannot be told (dlm, a dump that fails or lists no holder).
-func (d *Driver) lockHolder(ctx context.Context, uuid string) int {
-	if d.shared == nil || d.shared.lockType != "sanlock" || uuid == "" {
+// heldElsewhereName is heldElsewhere for the LV called lvName.
+func (d *Driver) heldElsewhereName(ctx context.Context, lvName string, err error) error {
+	if d.shared == nil || !lockedElsewhere(err) {
+		return err
+	}
+	lv := LV{Name: lvName}
+	if l, lerr := d.listing(ctx); lerr == nil {
+		if found, ok := l.lvs[lvName]; ok {
+			lv = found
+		}
+	}
+	return d.heldElsewhere(ctx, lv, err)
+}
+
+// lockHolder returns the host id holding the sanlock lease of lockLV (an
+// LV with a lock of its own), 0 if that cannot be told (dlm, no lease
+// offset, a dump that fails or shows no holder). lvmlockd names the lease
+// after the LV's UUID and keeps it in the VG's lvmlock LV at the offset
+// that lv_lock_args gives; "sanlock direct dump" reads it there.
+func (d *Driver) lockHolder(ctx context.Context, lockLV LV) int {
+	if d.shared == nil || d.shared.lockType != "sanlock" || lockLV.UUID == "" {
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	dev := "/dev/mapper/" + strings.ReplaceAll(d.cfg.VG, "-", "--") + "-lvmlock"
-	out, err := d.lvm.Tool(ctx, "sanlock", "direct", "dump", dev)
-	if err != nil {
-		d.log.Debug("sanlock direct dump failed", slog.Any("err", err))
+	_, off, ok := strings.Cut(lockLV.LockArgs, ":")
+	if _, err := strconv.ParseUint(off, 10, 64); !ok || err != nil {
 		return 0
 	}
-	return parseLeaseHolder(string(out), uuid)
+	s := d.shared
+	s.dumpMu.Lock()
+	defer s.dumpMu.Unlock()
+	if s.dumps == nil || time.Since(s.dumpAt) > time.Second {
+		s.dumps, s.dumpAt = map[string]string{}, time.Now()
+	}
+	dump, ok := s.dumps[off]
+	if !ok {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		dev := "/dev/mapper/" + strings.ReplaceAll(d.cfg.VG, "-", "--") + "-lvmlock"
+		out, err := d.lvm.Tool(ctx, "sanlock", "direct", "dump", dev+":"+off+":"+strconv.Itoa(sanlockLeaseSize))
+		if err != nil {
+			d.log.Warn("could not read the lease of a volume locked by another host", slog.String("lv", lockLV.Name),
+				slog.Any("err", err))
+			return 0
+		}
+		dump = string(out)
+		s.dumps[off] = dump
+	}
+	return parseLeaseHolder(dump, lockLV.UUID)
+}
+
+// sanlockLeaseSize is the size of one sanlock lease as lvmlockd lays them
+// out (1 MiB, for 4 KiB sectors; 512-byte sectors use less of it).
+const sanlockLeaseSize = 1 << 20
+
+// lockOf is the LV whose lock lv uses: its thin pool for a thin LV.
+func (d *Driver) lockOf(ctx context.Context, lv LV) LV {
+	if lv.Thin() && lv.Pool != "" {
+		if l, err := d.listing(ctx); err == nil {
+			if p, ok := l.lvs[lv.Pool]; ok {
+				return p
+			}
+		}
+	}
+	return lv
+}
+
+// activeOn names the other host that has lv active ("host 2"), "" if it
+// is not shared, active here, or nobody holds its lock.
+func (d *Driver) activeOn(ctx context.Context, lv LV) string {
+	if d.shared == nil || lv.Active {
+		return ""
+	}
+	if id := d.lockHolder(ctx, d.lockOf(ctx, lv)); id > 0 && id != d.shared.hostID {
+		return "host " + strconv.Itoa(id)
+	}
+	return ""
 }
 
 // parseLeaseHolder finds the lease called uuid (with or without its
