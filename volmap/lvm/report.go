@@ -13,7 +13,7 @@ import (
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
 	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,lv_time," +
-	"vg_missing_pv_count,lv_lock_args"
+	"vg_missing_pv_count,lv_lockargs"
 
 // vgFields are the vgs columns the driver reads.
 const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type"
@@ -51,7 +51,7 @@ type LV struct {
 	// VGMissingPVs is how many PVs of the LV's VG the command did not
 	// see (vg_missing_pv_count).
 	VGMissingPVs int64
-	// LockArgs is lv_lock_args: on a sanlock VG "VERSION:OFFSET", where
+	// LockArgs is lv_lockargs: on a sanlock VG "VERSION:OFFSET", where
 	// the LV's lease lies in the VG's lvmlock LV (empty elsewhere).
 	LockArgs string
 }
@@ -111,7 +111,7 @@ func ParseLVs(data []byte) ([]LV, error) {
 			ChunkSize:      p.int("chunk_size", 0),
 			Discards:       p.str("discards"),
 			VGMissingPVs:   p.int("vg_missing_pv_count", 0),
-			LockArgs:       p.str("lv_lock_args"),
+			LockArgs:       p.str("lv_lockargs"),
 		}
 		if t, err := time.Parse(lvTimeLayout, p.str("lv_time")); err == nil {
 			lv.Created = t

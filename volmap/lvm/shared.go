@@ -182,13 +182,15 @@ func (d *Driver) heldElsewhereName(ctx context.Context, lvName string, err error
 // LV with a lock of its own), 0 if that cannot be told (dlm, no lease
 // offset, a dump that fails or shows no holder). lvmlockd names the lease
 // after the LV's UUID and keeps it in the VG's lvmlock LV at the offset
-// that lv_lock_args gives; "sanlock direct dump" reads it there.
+// that lv_lockargs gives; "sanlock direct dump" reads it there.
 func (d *Driver) lockHolder(ctx context.Context, lockLV LV) int {
 	if d.shared == nil || d.shared.lockType != "sanlock" || lockLV.UUID == "" {
 		return 0
 	}
 	_, off, ok := strings.Cut(lockLV.LockArgs, ":")
 	if _, err := strconv.ParseUint(off, 10, 64); !ok || err != nil {
+		d.log.Info("cannot tell which host holds the lock: no lease offset in lv_lockargs",
+			slog.String("lv", lockLV.Name), slog.String("lock_args", lockLV.LockArgs))
 		return 0
 	}
 	s := d.shared
@@ -211,7 +213,12 @@ func (d *Driver) lockHolder(ctx context.Context, lockLV LV) int {
 		dump = string(out)
 		s.dumps[off] = dump
 	}
-	return parseLeaseHolder(dump, lockLV.UUID)
+	id := parseLeaseHolder(dump, lockLV.UUID)
+	if id == 0 {
+		d.log.Info("cannot tell which host holds the lock: its lease shows no holder", slog.String("lv", lockLV.Name),
+			slog.String("lock_args", lockLV.LockArgs), slog.String("dump", strings.Join(strings.Fields(dump), " ")))
+	}
+	return id
 }
 
 // sanlockLeaseSize is the size of one sanlock lease as lvmlockd lays them

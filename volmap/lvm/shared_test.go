@@ -41,3 +41,10 @@ func TestSharedVGMessages(t *testing.T) {
 		t.Errorf("VG lock held by other host: want a retried lock failure: %v", vgBusy)
 	}
 }
+
+func TestParseLVsLockArgs(t *testing.T) {
+	lvs, err := ParseLVs([]byte(`{"report":[{"lv":[{"lv_name":"web","lv_uuid":"u","lv_size":"4194304","lv_lockargs":"1.0.0:70254592"}]}]}`))
+	if err != nil || len(lvs) != 1 || lvs[0].LockArgs != "1.0.0:70254592" {
+		t.Fatalf("ParseLVs: %+v, %v", lvs, err)
+	}
+}
