@@ -421,6 +421,7 @@ func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, err
 		if err := d.activate(ctx, lv); err != nil {
 			return nil, err
 		}
+		d.noteActivated(lv.UUID) // on a shared VG, Idle gives the lock back
 	}
 	f, err := d.openDevice(lv, flag)
 	if err != nil && errors.Is(err, os.ErrNotExist) {
@@ -429,6 +430,7 @@ func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, err
 		if aerr := d.activate(ctx, lv); aerr != nil {
 			return nil, errors.Join(err, aerr)
 		}
+		d.noteActivated(lv.UUID)
 		f, err = d.openDevice(lv, flag)
 	}
 	return f, err
@@ -442,7 +444,6 @@ func (d *Driver) activate(ctx context.Context, lv LV) error {
 	if _, err := d.lvm.Run(ctx, "lvchange", args...); err != nil {
 		return fmt.Errorf("activate %s/%s: %w", d.cfg.VG, lv.Name, d.heldElsewhere(ctx, lv, err))
 	}
-	d.noteActivated(lv.UUID)
 	return nil
 }
 
