@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 VMRUN     := $(CURDIR)/integration/vm/vmrun.sh
 
-.PHONY: all build test hosttest racetest vmtest faulttest lint fuzz bench demo deps clean install uninstall
+.PHONY: all build test hosttest racetest vmtest faulttest multihost-test lint fuzz bench demo deps clean install uninstall
 
 # Where `make install` puts things; DESTDIR is prepended to each.
 # mount(8) looks for helpers in /sbin only, whatever the PREFIX.
@@ -59,6 +59,12 @@ faulttest: build
 	$(GO) test -count=1 -p 1 -timeout 120m -v -run 'TestFault' \
 		-exec "$(VMRUN) -t 7000 -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs -e VOLFS_FAULT_ITER=$(FAULT_ITER) --" \
 		./integration/lvm/
+
+# Several hosts on one shared VG (lvmlockd + sanlock): two guests at once
+# sharing one disk (scripts/multihost-test.sh). Slow (minutes under TCG):
+# not part of `make test`. VMRUNARGS=-run REGEXP runs some tests only.
+multihost-test: build
+	VOLFS_BIN=$(CURDIR)/bin/volfs GO=$(GO) scripts/multihost-test.sh $(VMRUNARGS)
 
 lint:
 	$(GO) mod tidy -diff

@@ -213,7 +213,7 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 	}
 	if !n.pending && n.dev.Load() == nil {
 		if errno := n.openDeviceLocked(ctx); errno != 0 {
-			n.undoOpenLocked()
+			n.undoOpenLocked(ctx)
 			return nil, 0, errno
 		}
 	}
@@ -227,7 +227,7 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 				// fail each write with EPERM.
 				n.root.log.Warn("open for writing refused: the device is read-only",
 					slog.String("volume", n.name))
-				n.undoOpenLocked()
+				n.undoOpenLocked(ctx)
 				return nil, 0, syscall.EROFS
 			}
 		}
@@ -242,7 +242,7 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 		// file work as on the device itself).
 		if _, ok := n.root.drv.(volmap.Resizer); ok {
 			if errno := n.truncateLocked(ctx, 0); errno != 0 {
-				n.undoOpenLocked()
+				n.undoOpenLocked(ctx)
 				return nil, 0, errno
 			}
 		}
@@ -251,7 +251,7 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 }
 
 // undoOpenLocked takes back the count of an open that failed.
-func (n *Image) undoOpenLocked() {
+func (n *Image) undoOpenLocked(ctx context.Context) {
 	n.opens--
 	n.single.Store(n.opens == 1)
 	if n.opens > 0 {
@@ -261,6 +261,7 @@ func (n *Image) undoOpenLocked() {
 	if d := n.dev.Swap(nil); d != nil {
 		d.close()
 	}
+	n.idleLocked(ctx)
 }
 
 func (n *Image) openDeviceLocked(ctx context.Context) syscall.Errno {
@@ -541,7 +542,20 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 	if e := n.persistLocked(ctx); e != 0 && errno == 0 {
 		errno = e
 	}
+	n.idleLocked(ctx)
 	return errno
+}
+
+// idleLocked tells the driver that volfs no longer has the file open (on
+// a shared VG, its LV is deactivated and other hosts may use it). Nothing
+// happens while a handle is open.
+func (n *Image) idleLocked(ctx context.Context) {
+	if n.opens > 0 || n.gone || n.pending {
+		return
+	}
+	if id, ok := n.root.drv.(volmap.Idler); ok {
+		id.Idle(ctx, n.name)
+	}
 }
 
 // Allocate implements fallocate: punching holes and zeroing ranges go to

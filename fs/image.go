@@ -744,9 +744,10 @@ func (n *Image) deviceFileLocked(ctx context.Context) (*os.File, func(), syscall
 	}
 	f, err := n.openDeviceFile(ctx, os.O_RDWR|syscall.O_DIRECT|syscall.O_CLOEXEC)
 	if err != nil {
+		n.idleLocked(ctx) // an activation that came before the failure
 		return nil, nil, n.root.toErrno("open", n.name, err)
 	}
-	return f, func() { f.Close() }, 0
+	return f, func() { f.Close(); n.idleLocked(ctx) }, 0
 }
 
 // persistLocked writes attributes the driver does not have yet.

@@ -6,6 +6,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(fuse3 fio qemu-utils e2fsprogs util-linux attr rsync psmisc shellcheck
       qemu-system-x86 qemu-system-common linux-image-amd64 lvm2 thin-provisioning-tools
+      sanlock lvm2-lockd
       busybox-static xz-utils cpio kmod binutils jq make systemd logrotate
       libvirt-daemon-system libvirt-clients)
 need=()

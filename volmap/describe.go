@@ -25,6 +25,9 @@ type Details struct {
 	// SyncPercent is how far a RAID volume's copies are in sync (0-100);
 	// nil where it does not apply.
 	SyncPercent *float64 `json:"sync_percent,omitempty"`
+	// ActiveOn names the other host that has the volume in use ("host
+	// 2") on storage shared between hosts; this host cannot open it.
+	ActiveOn string `json:"active_on,omitempty"`
 }
 
 // Describer is implemented by drivers that can say where a volume lives.

@@ -130,6 +130,17 @@ type Flusher interface {
 	Flush(ctx context.Context) error
 }
 
+// Idler is implemented by drivers that hold something for a volume while
+// volfs has it open, besides its device fds: on a VG shared between hosts,
+// the exclusive activation that is the volume's cluster-wide lock. volfs
+// calls Idle once nothing of it has the file open any more (after the last
+// close has flushed it and persisted its attributes, or after an fd opened
+// for one operation is closed); the driver then gives back what Open or
+// Create took.
+type Idler interface {
+	Idle(ctx context.Context, name string)
+}
+
 // Zeroer makes a byte range of a volume read as zeros in the cheapest way
 // the driver knows (a thin volume unmaps whole chunks instead of writing
 // zeros). f is an open fd of the volume's device, kept open by the caller

@@ -82,8 +82,12 @@ func printListing(w io.Writer, l *volfs.Listing) {
 		if f.Handles > 0 {
 			open = strconv.Itoa(f.Handles)
 		}
+		by := holderList(f.Holders)
+		if f.ActiveOn != "" {
+			by = f.ActiveOn + " (shared VG)"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind,
-			orDash(f.Layout), healthText(f.Details), dev, open, holderList(f.Holders))
+			orDash(f.Layout), healthText(f.Details), dev, open, by)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%s, %s, %s used\n", plural(l.Total.Files, "file"), size(l.Total.Size), size(l.Total.Used))

@@ -17,6 +17,7 @@ PKGS=(
   util-linux               # setpriv --pdeathsig, flock, losetup
   lvm2                     # lvm/dmsetup, run in the guest from the host root
   thin-provisioning-tools  # thin_check etc., run by lvm for thin pools
+  sanlock lvm2-lockd       # shared VGs in the guests of scripts/multihost-test.sh
   fuse3                    # fusermount3 for FUSE tests
   fio                      # I/O checks and benchmarks
 )

@@ -16,6 +16,10 @@
 #             Disk N (0, 1, ... in option order) gets the virtio serial
 #             "volfs-scratchN" (/sys/block/vdX/serial in the guest). No other
 #             disk is ever attached.
+#   -S FILE   as -d, but a disk that another guest opens at the same time
+#             (QEMU share-rw=on, no image lock, host page cache shared by
+#             both QEMUs: cache=writeback whatever VOLFS_VM_DISK_CACHE says);
+#             for tests of several hosts on one VG (scripts/multihost-test.sh)
 #   -w DIR    share host DIR read-write at the same path (default: everything
 #             is copy-on-write in guest RAM and discarded); repeatable
 #   -e NAME   pass host environment variable NAME into the guest; -e NAME=VAL
@@ -46,14 +50,14 @@ usage() { sed -n '/^# Usage:/,/^# Exit status/p' "$0" | sed 's/^# \{0,1\}//' >&2
 
 MEM=2048 CPUS=1 TIMEOUT=${VOLFS_VM_TIMEOUT:-3000} ACCEL=tcg LOG='' KVER=''
 VERBOSE=${VOLFS_VM_VERBOSE:-0}
-DISKS=() SCRATCH=() RWDIRS=() ENVS=()
+DISKS=() SHARED=() SCRATCH=() RWDIRS=() ENVS=()
 safe_path() { [[ $1 =~ ^/[A-Za-z0-9._/+@-]*$ ]]; }   # fits QEMU options and the kernel cmdline
-while getopts "d:D:w:e:m:c:t:a:k:l:vh" o; do
+while getopts "d:S:D:w:e:m:c:t:a:k:l:vh" o; do
   case $o in
-    d) f=$(readlink -f -- "$OPTARG") || { echo "vmrun: -d $OPTARG: not found" >&2; exit 2; }
-       [ -f "$f" ] || { echo "vmrun: -d $OPTARG: not a regular file (block devices are refused)" >&2; exit 2; }
-       safe_path "$f" || { echo "vmrun: -d $OPTARG: path has unsupported characters" >&2; exit 2; }
-       DISKS+=("$f");;
+    d|S) f=$(readlink -f -- "$OPTARG") || { echo "vmrun: -$o $OPTARG: not found" >&2; exit 2; }
+       [ -f "$f" ] || { echo "vmrun: -$o $OPTARG: not a regular file (block devices are refused)" >&2; exit 2; }
+       safe_path "$f" || { echo "vmrun: -$o $OPTARG: path has unsupported characters" >&2; exit 2; }
+       DISKS+=("$f"); if [ "$o" = S ]; then SHARED+=(1); else SHARED+=(0); fi;;
     D) [[ $OPTARG =~ ^[0-9]+[KMGT]?$ ]] || { echo "vmrun: -D $OPTARG: want a size like 4G" >&2; exit 2; }
        SCRATCH+=("$OPTARG");;
     w) f=$(readlink -f -- "$OPTARG") || f=''
@@ -138,7 +142,7 @@ for sz in "${SCRATCH[@]}"; do
   exec {fd}<>"$PENDING"
   rm -f "$PENDING"
   PENDING=''
-  DISKS+=("/dev/fd/$fd")
+  DISKS+=("/dev/fd/$fd") SHARED+=(0)
 done
 
 GUEST_PATH=${PATH:-/usr/bin:/bin}
@@ -185,8 +189,16 @@ for d in "${RWDIRS[@]}"; do
 done
 i=0
 for d in "${DISKS[@]}"; do
-  ARGS+=(-drive "file=$d,if=none,id=disk$i,format=raw,cache=${VOLFS_VM_DISK_CACHE:-unsafe},aio=threads,discard=unmap"
-         -device "virtio-blk-pci,drive=disk$i,serial=volfs-scratch$i")
+  if [ "${SHARED[$i]}" = 1 ]; then
+    # Two QEMUs write this image: both go through the host page cache
+    # (coherent between processes), flushes are honoured, and neither
+    # takes QEMU's image lock.
+    ARGS+=(-drive "file=$d,if=none,id=disk$i,format=raw,cache=writeback,aio=threads,discard=unmap,file.locking=off"
+           -device "virtio-blk-pci,drive=disk$i,serial=volfs-scratch$i,share-rw=on")
+  else
+    ARGS+=(-drive "file=$d,if=none,id=disk$i,format=raw,cache=${VOLFS_VM_DISK_CACHE:-unsafe},aio=threads,discard=unmap"
+           -device "virtio-blk-pci,drive=disk$i,serial=volfs-scratch$i")
+  fi
   i=$((i+1))
 done
 APPEND="console=ttyS0 panic=-1 loglevel=4 mitigations=off tsc=reliable no_timer_check"

@@ -111,8 +111,21 @@ func (e *CmdError) Unwrap() []error {
 
 // lockFailure reports whether the command failed because it could not get
 // an LVM lock (and changed nothing).
+//
+// On a shared VG that includes lvmlockd's VG and global locks held by
+// another host for a moment (lvm retries those itself, a few times, one
+// second apart) and a lockspace that is still starting: contention, not an
+// error. An LV's lock held by another host ("LV locked by other host") is
+// not retried: it is held as long as the LV is active there (ErrInUse).
 func (e *CmdError) lockFailure() bool {
-	return strings.Contains(e.Stderr, "Can't get lock") || strings.Contains(e.Stderr, "Giving up waiting for lock")
+	for _, m := range []string{"Can't get lock", "Giving up waiting for lock",
+		"lock failed: held by other host", "lock failed: lock start in progress",
+		"Global lock failed: lockspace is starting"} {
+		if strings.Contains(e.Stderr, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // patterns map lvm2 messages (lower-cased lines) to sentinels, in
@@ -124,7 +137,8 @@ var patterns = []struct {
 }{
 	{[]string{"in use"}, volmap.ErrInUse}, // "Logical volume vg/lv in use.", "contains a filesystem in use"
 	{[]string{"used by another device"}, volmap.ErrInUse},
-	{[]string{"open logical volume"}, volmap.ErrInUse}, // "Can't remove open logical volume"
+	{[]string{"open logical volume"}, volmap.ErrInUse},  // "Can't remove open logical volume"
+	{[]string{"locked by other host"}, volmap.ErrInUse}, // lvmlockd: the LV is active on another host
 	{[]string{"already exists"}, volmap.ErrExists},
 	{[]string{"insufficient free space"}, volmap.ErrNoSpace},
 	{[]string{"insufficient suitable"}, volmap.ErrNoSpace}, // "... allocatable extents"

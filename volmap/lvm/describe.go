@@ -15,14 +15,15 @@ var (
 )
 
 // Describe says which LV a file is: its segment type, /dev/VG/LV (the path
-// lvdisplay shows) and thin pool.
+// lvdisplay shows) and thin pool, and on a shared VG the other host that
+// has it active.
 func (d *Driver) Describe(ctx context.Context, name string) (volmap.Details, error) {
 	lv, err := d.file(ctx, name)
 	if err != nil {
 		return volmap.Details{}, err
 	}
 	det := volmap.Details{Kind: lvKind(lv), Path: "/dev/" + d.cfg.VG + "/" + lv.Name, Pool: lv.Pool,
-		Layout: layoutOf(lv).String()}
+		Layout: layoutOf(lv).String(), ActiveOn: d.activeOn(ctx, lv)}
 	det.Health, det.Degraded = health(lv)
 	if strings.HasPrefix(lv.SegType, "raid") && lv.SyncPercent >= 0 {
 		sync := lv.SyncPercent

@@ -10,6 +10,11 @@
 // Config.CacheTTL so that volumes made or removed by other tools appear or
 // vanish within that time.
 //
+// A shared VG (lvmlockd, lock type sanlock or dlm; shared.go) is mounted on
+// several hosts: the mount starts its lockspace, an open activates the LV
+// exclusively (its cluster-wide lock) and Idle deactivates it after the
+// last close; an LV active on another host is ErrInUse naming that host.
+//
 // The driver must never open, change or remove anything that is not a file
 // of its mount: every name is encoded and checked against the current
 // listing, and an opened device is checked to be that LV (by its

@@ -99,6 +99,9 @@ type Driver struct {
 	warned sync.Map // keys of warnings already logged
 
 	snaps snapState // snapshots.go
+
+	// shared is set when the VG is shared between hosts (shared.go).
+	shared *sharedVG
 }
 
 var (
@@ -178,6 +181,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("volume group %q: unexpected vgs report %+v", cfg.VG, vgs)
 	}
 	d.vgUUID, d.extent = vgs[0].UUID, vgs[0].ExtentSize
+	if sharedLockType(vgs[0].LockType) {
+		if err := d.startShared(ctx, vgs[0].LockType); err != nil {
+			return nil, err
+		}
+	}
 	if err := d.discoverPVs(ctx); err != nil {
 		return nil, err
 	}
@@ -432,6 +440,7 @@ func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, err
 		if err := d.activate(ctx, lv); err != nil {
 			return nil, err
 		}
+		d.noteActivated(lv.UUID) // on a shared VG, Idle gives the lock back
 	}
 	f, err := d.openDevice(lv, flag)
 	if err != nil && errors.Is(err, os.ErrNotExist) {
@@ -440,6 +449,7 @@ func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, err
 		if aerr := d.activate(ctx, lv); aerr != nil {
 			return nil, errors.Join(err, aerr)
 		}
+		d.noteActivated(lv.UUID)
 		f, err = d.openDevice(lv, flag)
 	}
 	return f, err
@@ -449,8 +459,25 @@ func (d *Driver) activate(ctx context.Context, lv LV) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.invalidate()
-	if _, err := d.lvm.Run(ctx, "lvchange", "-ay", "-K", d.cfg.VG+"/"+lv.Name); err != nil {
-		return fmt.Errorf("activate %s/%s: %w", d.cfg.VG, lv.Name, err)
+	args := append(d.activateArgs(), d.cfg.VG+"/"+lv.Name)
+	if _, err := d.lvm.Run(ctx, "lvchange", args...); err != nil {
+		return fmt.Errorf("activate %s/%s: %w", d.cfg.VG, lv.Name, d.heldElsewhere(ctx, lv, err))
+	}
+	return nil
+}
+
+// deactivate deactivates one LV (an LV that is gone counts as done). It
+// runs even if ctx is cancelled, bounded: it gives a lock back, or undoes
+// an activation.
+func (d *Driver) deactivate(ctx context.Context, lvName string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.invalidate()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	if _, err := d.lvm.Run(ctx, "lvchange", "-an", d.cfg.VG+"/"+lvName); err != nil &&
+		!errors.Is(err, volmap.ErrNotFound) {
+		return fmt.Errorf("deactivate %s/%s: %w", d.cfg.VG, lvName, err)
 	}
 	return nil
 }

@@ -139,6 +139,9 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 	if err == nil {
 		lv, ok := l.lvs[lvName]
 		if _, isFile := d.fileName(lv); ok && isFile {
+			// lvcreate activated it (exclusively on a shared VG):
+			// Idle deactivates it once the file is not open.
+			d.noteActivated(lv.UUID)
 			return d.volume(lv, name), nil
 		}
 		err = fmt.Errorf("created LV %s/%s is missing or not a file of this mount: %+v", d.cfg.VG, lvName, lv)
@@ -238,6 +241,9 @@ func (d *Driver) remove(ctx context.Context, name, lvName string) error {
 	if err == nil {
 		return nil
 	}
+	if lockedElsewhere(err) {
+		return fmt.Errorf("remove %s: %w", name, d.heldElsewhereName(ctx, lvName, err))
+	}
 	if errors.Is(err, volmap.ErrInUse) {
 		return fmt.Errorf("remove %s (%s/%s): the volume is open: %s: %w",
 			name, d.cfg.VG, lvName, describeHolders(d.devPath(lvName)), err)
@@ -270,7 +276,7 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
 
 func (d *Driver) rename(ctx context.Context, from, to string) error {
 	if _, err := d.lvm.Run(ctx, "lvrename", d.cfg.VG, from, to); err != nil {
-		return fmt.Errorf("rename %s/%s to %s: %w", d.cfg.VG, from, to, err)
+		return fmt.Errorf("rename %s/%s to %s: %w", d.cfg.VG, from, to, d.heldElsewhereName(ctx, from, err))
 	}
 	return nil
 }
@@ -305,7 +311,8 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "matches existing size") {
 			return target, nil // the listing was stale
 		}
-		return 0, fmt.Errorf("resize %s (%s/%s) from %d to %d bytes: %w", name, d.cfg.VG, lv.Name, lv.Size, target, err)
+		return 0, fmt.Errorf("resize %s (%s/%s) from %d to %d bytes: %w", name, d.cfg.VG, lv.Name, lv.Size, target,
+			d.heldElsewhere(ctx, lv, err))
 	}
 	return target, nil
 }

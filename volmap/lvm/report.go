@@ -13,10 +13,10 @@ import (
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
 	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,zero,lv_time," +
-	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent"
+	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent,lv_lockargs"
 
 // vgFields are the vgs columns the driver reads.
-const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size"
+const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type"
 
 // LV is one row of an lvs report.
 type LV struct {
@@ -65,6 +65,9 @@ type LV struct {
 	// SyncPercent is how far a RAID LV's images are in sync (0-100), -1
 	// where it does not apply (not RAID, inactive).
 	SyncPercent float64
+	// LockArgs is lv_lockargs: on a sanlock VG "VERSION:OFFSET", where
+	// the LV's lease lies in the VG's lvmlock LV (empty elsewhere).
+	LockArgs string
 }
 
 // lvTimeLayout is lvm2's default report/time_format ("%Y-%m-%d %T %z").
@@ -88,6 +91,9 @@ type VG struct {
 	Size       int64
 	Free       int64
 	ExtentSize int64
+	// LockType is vg_lock_type: "sanlock" or "dlm" for a VG shared
+	// between hosts through lvmlockd, empty for a local VG.
+	LockType string
 }
 
 // ParseLVs parses the JSON of "lvs --reportformat json --units b
@@ -124,6 +130,7 @@ func ParseLVs(data []byte) ([]LV, error) {
 			DataStripes:    p.int("data_stripes", 0),
 			Health:         p.str("lv_health_status"),
 			SyncPercent:    p.percent("sync_percent"),
+			LockArgs:       p.str("lv_lockargs"),
 		}
 		if t, err := time.Parse(lvTimeLayout, p.str("lv_time")); err == nil {
 			lv.Created = t
@@ -166,6 +173,7 @@ func ParseVGs(data []byte) ([]VG, error) {
 			Size:       p.int("vg_size", 0),
 			Free:       p.int("vg_free", 0),
 			ExtentSize: p.int("vg_extent_size", 0),
+			LockType:   p.str("vg_lock_type"),
 		}
 		if p.err != nil {
 			return nil, fmt.Errorf("vgs report, row %d (%q): %w", i, vg.Name, p.err)

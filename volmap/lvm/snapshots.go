@@ -479,14 +479,7 @@ func (d *Driver) deactivateIdle(ctx context.Context, lvName string) {
 	}
 	delete(d.snaps.opens, lvName)
 	delete(d.snaps.activated, lvName)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	defer d.invalidate()
-	// Bounded: snaps.mu and mu are held, and every change waits on them.
-	ctx, cancel := context.WithTimeout(ctx, undoTimeout)
-	defer cancel()
-	if _, err := d.lvm.Run(ctx, "lvchange", "-an", d.cfg.VG+"/"+lvName); err != nil &&
-		!errors.Is(err, volmap.ErrNotFound) {
+	if err := d.deactivate(ctx, lvName); err != nil {
 		d.log.Warn("could not deactivate a snapshot after its last close; it stays active",
 			slog.String("lv", lvName), slog.Any("err", err))
 	}
