@@ -178,6 +178,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		if pool.SegType != "thin-pool" {
 			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
 		}
+		d.checkAutoextend(ctx)
 	}
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
