@@ -95,11 +95,11 @@ func TestCloneByCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The temporary file is listed once its LV is made; the copy of 160
-	// MiB of data takes several seconds after that in the guest.
+	// MiB takes from one to several seconds after that in the guest, so
+	// the interruption lands in the copy or at the end of the create.
 	waitFor(t, "the temporary file listed", time.Minute, func() bool {
 		return slices.ContainsFunc(m.names(), func(n string) bool { return strings.HasPrefix(n, ".volfs-clone-") })
 	})
-	time.Sleep(2 * time.Second)
 	_ = cli.Process.Signal(syscall.SIGINT)
 	err = cli.Wait()
 	t.Logf("clone after SIGINT: %v", err)
@@ -109,7 +109,9 @@ func TestCloneByCopy(t *testing.T) {
 	if m.has("int") {
 		t.Fatalf("the copy ended before the interruption (int is listed): make the source larger")
 	}
-	if !strings.Contains(m.logText(), "copy interrupted") {
-		t.Errorf("the log does not say the copy was interrupted:\n%s", m.logText())
+	// Interrupted in the copy, or while its LV was made: either way the
+	// log says what was removed.
+	if lt := m.logText(); !strings.Contains(lt, "copy interrupted") && !strings.Contains(lt, "removed half-created LV") {
+		t.Errorf("the log does not say the copy was interrupted:\n%s", lt)
 	}
 }
