@@ -2,9 +2,20 @@ package fs
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/meta"
+	"github.com/volfs/volfs/snapshot"
+	"github.com/volfs/volfs/volmap"
 )
 
 var _ gofs.NodeCopyFileRanger = (*Image)(nil)
@@ -57,4 +68,109 @@ func (n *Image) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn u
 		}
 	}
 	return uint32(done), 0
+}
+
+// A clone by copy reads and writes cloneBuffer bytes at a time, and leaves
+// out the all-zero blocks of cloneZeroBlock bytes when the destination is
+// thin: 64 KiB is LVM's smallest (and default) thin pool chunk, so a block
+// left out is never a part of a chunk that a write allocates. With a larger
+// chunk the rest of an allocated chunk reads zeros as long as the pool
+// zeroes new chunks (LVM's default, thin_pool_zero=1).
+const (
+	cloneBuffer    = 4 << 20
+	cloneZeroBlock = 64 << 10
+)
+
+// cloneByCopy makes dst a full copy of the image v, whose volume cannot
+// share blocks (a linear LV): a new volume of the same size with attributes
+// a, filled from v's device with large sequential I/O in the server. It is
+// created under a temporary name (".volfs-clone-…", as rsync copies into
+// ".NAME.XXXXXX") and renamed to dst once the copy is flushed, so dst
+// never names a partial copy; a failed or interrupted copy (ctx cancelled:
+// the client hung up) removes it. progress is told the bytes copied.
+//
+// Unlike a thin clone the copy is not crash-consistent if v is written
+// meanwhile (a running VM): the caller's quiesce flushed volfs's own
+// writes, nothing holds new ones back.
+func (r *Root) cloneByCopy(ctx context.Context, v volmap.Volume, dst string, a meta.Attrs,
+	progress func(done, total int64)) (volmap.Volume, error) {
+	cr, ok1 := r.drv.(volmap.Creator)
+	rm, ok2 := r.drv.(volmap.Remover)
+	rn, ok3 := r.drv.(volmap.Renamer)
+	if !ok1 || !ok2 || !ok3 {
+		return volmap.Volume{}, notSupported("clone by copy of " + v.Name)
+	}
+	length := a.Size
+	if length < 0 {
+		length = v.Size
+	}
+	rnd := make([]byte, 8)
+	_, _ = rand.Read(rnd)
+	tmp := ".volfs-clone-" + hex.EncodeToString(rnd)
+	log := r.log.With(slog.String("volume", v.Name), slog.String("clone", dst), slog.String("temporary", tmp))
+
+	lvmCtx, cancel := context.WithTimeout(ctx, snapTimeout)
+	nv, err := cr.Create(lvmCtx, tmp, length, a)
+	cancel()
+	if err != nil {
+		return volmap.Volume{}, fmt.Errorf("clone of %s to %s: create the copy: %w", v.Name, dst, err)
+	}
+	fail := func(err error) (volmap.Volume, error) {
+		// Not cancelled with ctx: the partial copy must go.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), snapTimeout)
+		defer cancel()
+		if rerr := rm.Remove(uctx, tmp); rerr != nil {
+			log.Error("could not remove the partial copy of a failed clone; remove it with rm", slog.Any("err", rerr))
+			return volmap.Volume{}, errors.Join(err, fmt.Errorf("remove the partial copy %s: %w", tmp, rerr))
+		}
+		log.Info("removed the partial copy of a failed or interrupted clone", slog.Any("err", err))
+		return volmap.Volume{}, err
+	}
+	st, err := r.copyVolume(ctx, v, tmp, nv, length, progress)
+	if err != nil {
+		return fail(fmt.Errorf("clone of %s to %s: %w", v.Name, dst, err))
+	}
+	lvmCtx, cancel = context.WithTimeout(ctx, snapTimeout)
+	defer cancel()
+	if err := rn.Rename(lvmCtx, tmp, dst); err != nil {
+		return fail(fmt.Errorf("clone of %s to %s: give the copy its name: %w", v.Name, dst, err))
+	}
+	log.Info("cloned by copy", slog.Int64("bytes", length), slog.Int64("written", st.Written),
+		slog.Int64("zero_skipped", st.Skipped), slog.Bool("thin", nv.Thin))
+	out, err := r.drv.Lookup(lvmCtx, dst)
+	if err != nil {
+		return volmap.Volume{}, fmt.Errorf("clone of %s to %s: %w", v.Name, dst, err)
+	}
+	return out, nil
+}
+
+// copyVolume copies the first length bytes of v's device to the new
+// volume nv (named tmp) and flushes them.
+func (r *Root) copyVolume(ctx context.Context, v volmap.Volume, tmp string, nv volmap.Volume, length int64,
+	progress func(done, total int64)) (snapshot.CopyStats, error) {
+	var st snapshot.CopyStats
+	in, err := r.drv.Open(ctx, v.Name, os.O_RDONLY|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	if err != nil {
+		return st, fmt.Errorf("open the source: %w", err)
+	}
+	defer in.Close()
+	out, err := r.drv.Open(ctx, tmp, os.O_WRONLY|syscall.O_DIRECT|syscall.O_CLOEXEC)
+	if err != nil {
+		return st, fmt.Errorf("open the copy: %w", err)
+	}
+	defer out.Close()
+	// Whole 4 KiB blocks (O_DIRECT); both devices are whole extents.
+	n := min((length+4095)/4096*4096, v.Size, nv.Size)
+	skip := 0
+	if nv.Thin {
+		skip = cloneZeroBlock
+	}
+	st, err = snapshot.Copy(ctx, out, in, n, snapshot.CopyOptions{Buffer: cloneBuffer, SkipZero: skip, Progress: progress})
+	if err != nil {
+		return st, err
+	}
+	if err := unix.Fdatasync(int(out.Fd())); err != nil {
+		return st, fmt.Errorf("flush the copy: %w", err)
+	}
+	return st, nil
 }

@@ -214,8 +214,11 @@ func (r *Root) Rollback(ctx context.Context, image, name string) error {
 
 // Clone makes dst a new, independent, writable file with the data of
 // image (or of its snapshot snap), image's mode, owner and size, and an
-// identity of its own.
-func (r *Root) Clone(ctx context.Context, image, snap, dst string) (volmap.Volume, error) {
+// identity of its own: a thin clone where the driver can make one (a thin
+// image), else a full copy in the server (cloneByCopy), whose progress
+// (bytes copied) is told to progress if not nil.
+func (r *Root) Clone(ctx context.Context, image, snap, dst string, progress func(done, total int64)) (volmap.Volume, error) {
+	parent := ctx // the copy's own length, not snapTimeout, bounds it
 	sn := r.snapshotter()
 	if sn == nil {
 		return volmap.Volume{}, r.opError("clone", image, notSupported("clone of "+image))
@@ -263,6 +266,10 @@ func (r *Root) Clone(ctx context.Context, image, snap, dst string) (volmap.Volum
 	now := time.Now()
 	a := meta.Attrs{ID: hex.EncodeToString(id), Mode: src.Mode, UID: src.UID, GID: src.GID, Size: src.Size,
 		Atime: now, Mtime: now, Ctime: now}
+	if snap == "" && !v.Thin {
+		nv, err := r.cloneByCopy(parent, v, dst, a, progress)
+		return nv, r.opError("clone", dst, err)
+	}
 	nv, err := sn.Clone(ctx, image, snap, dst, a)
 	return nv, r.opError("clone", dst, err)
 }

@@ -5,6 +5,10 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/volfs/volfs/internal/control"
 )
 
 // waitProgress shows, on a terminal only, that a command is waiting and
@@ -48,6 +52,44 @@ func (p *waitProgress) tick() {
 
 // done clears the line.
 func (p *waitProgress) done() {
+	if p.shown {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
+
+// copyProgress shows, on a terminal only, how much of a copy the server
+// has done: bytes, percentage and rate on one line rewritten in place.
+type copyProgress struct {
+	w     io.Writer // nil: not a terminal
+	msg   string
+	start time.Time
+	shown bool
+}
+
+func newCopyProgress(f *os.File, msg string) *copyProgress {
+	p := &copyProgress{msg: msg, start: time.Now()}
+	if isTerminal(f) {
+		p.w = f
+	}
+	return p
+}
+
+// update draws the server's report p.
+func (p *copyProgress) update(pr control.Progress) {
+	if p.w == nil || pr.Total <= 0 {
+		return
+	}
+	p.shown = true
+	rate := ""
+	if s := time.Since(p.start).Seconds(); s >= 1 {
+		rate = ", " + humanize.IBytes(uint64(float64(pr.Done)/s)) + "/s"
+	}
+	fmt.Fprintf(p.w, "\r\033[K%s: %s of %s (%d%%)%s", p.msg, humanize.IBytes(uint64(pr.Done)),
+		humanize.IBytes(uint64(pr.Total)), pr.Done*100/pr.Total, rate)
+}
+
+// done clears the line.
+func (p *copyProgress) done() {
 	if p.shown {
 		fmt.Fprint(p.w, "\r\033[K")
 	}

@@ -214,12 +214,14 @@ func registerSnapshotOps(s *control.Server, root *volfs.Root, mnt string) {
 		}
 		return nil, root.Rollback(ctx, a.Image, a.Name)
 	})
-	s.Handle(snapshot.OpClone, func(ctx context.Context, raw json.RawMessage, _ func(control.Progress)) (any, error) {
+	s.Handle(snapshot.OpClone, func(ctx context.Context, raw json.RawMessage, progress func(control.Progress)) (any, error) {
 		a, err := decode(raw)
 		if err != nil {
 			return nil, err
 		}
-		v, err := root.Clone(ctx, a.Image, a.Name, a.Dst)
+		v, err := root.Clone(ctx, a.Image, a.Name, a.Dst, func(done, total int64) {
+			progress(control.Progress{Done: done, Total: total, What: "copy"})
+		})
 		if err != nil {
 			return nil, err
 		}

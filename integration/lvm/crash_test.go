@@ -58,6 +58,13 @@ func (m *mount) crash() {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		m.e.t.Fatalf("kill -9 %d: %v", pid, err)
 	}
+	m.crashed(pid)
+}
+
+// crashed is crash after the server pid died by itself (a test hook that
+// kills it at a chosen point).
+func (m *mount) crashed(pid int) {
+	m.e.t.Helper()
 	waitFor(m.e.t, "server exits after SIGKILL", 10*time.Second, func() bool { return gone(pid) })
 	if out, err := exec.Command("umount", "-l", m.dir).CombinedOutput(); err != nil {
 		m.e.t.Fatalf("umount -l %s: %v: %s", m.dir, err, out)

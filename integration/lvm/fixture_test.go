@@ -120,6 +120,7 @@ type mount struct {
 	dir  string
 	log  string
 	args []string
+	env  []string // added to the server's environment (test hooks)
 }
 
 // mount mounts the VG with extra flags; it is unmounted when the test ends.
@@ -149,7 +150,9 @@ func (e *env) mount(extra ...string) *mount {
 func (m *mount) start() {
 	m.e.t.Helper()
 	args := append(append([]string{"mount"}, m.args...), m.dir)
-	if out, err := exec.Command(volfsBin, args...).CombinedOutput(); err != nil {
+	cmd := exec.Command(volfsBin, args...)
+	cmd.Env = append(os.Environ(), m.env...)
+	if out, err := cmd.CombinedOutput(); err != nil {
 		m.e.t.Fatalf("volfs %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }

@@ -182,7 +182,16 @@ func (s *Server) serveConn(c *net.UnixConn) {
 		send(response{Error: fmt.Sprintf("this server does not know %q (is the volfs binary newer than the running server?)", req.Op), Errno: "ENOTSUP", Final: true})
 		return
 	}
-	res, err := h(s.ctx, req.Args, func(p Progress) { send(response{Progress: &p}) })
+	// A client sends one line and then only reads: a read that returns
+	// means it hung up (Ctrl-C, its timeout), and an operation nobody waits
+	// for any more is cancelled (a clone by copy removes what it copied).
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	go func() {
+		_, _ = c.Read(make([]byte, 1))
+		cancel()
+	}()
+	res, err := h(ctx, req.Args, func(p Progress) { send(response{Progress: &p}) })
 	if err != nil {
 		r := response{Error: err.Error(), Final: true}
 		var e syscall.Errno

@@ -102,3 +102,28 @@ func TestNoServer(t *testing.T) {
 		t.Errorf("got %v, want ErrNoServer", err)
 	}
 }
+
+// A client that hangs up before the answer cancels the operation (a clone
+// by copy then removes what it copied).
+func TestHangupCancels(t *testing.T) {
+	s, path := newServer(t)
+	cancelled := make(chan error, 1)
+	s.Handle("long", func(ctx context.Context, _ json.RawMessage, progress func(Progress)) (any, error) {
+		progress(Progress{Done: 1, Total: 2})
+		select {
+		case <-ctx.Done():
+			cancelled <- ctx.Err()
+		case <-time.After(10 * time.Second):
+			cancelled <- errors.New("not cancelled")
+		}
+		return nil, ctx.Err()
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	err := callPath(ctx, path, path, "long", nil, nil, func(Progress) { cancel() })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("client: %v", err)
+	}
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Fatalf("server side: %v", err)
+	}
+}

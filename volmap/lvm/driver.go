@@ -203,6 +203,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("%s/%s is not a thin pool (segment type %q)", cfg.VG, cfg.ThinPool, pool.SegType)
 		}
 		d.errorWhenFull(ctx)
+		d.checkAutoextend(ctx)
 	}
 	if err := d.checkLayoutConfig(ctx); err != nil {
 		return nil, err
@@ -222,44 +223,11 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			}
 		}
 	}
-	d.reportRollbackLeftovers(l)
-	if d.recoverReplaces(ctx, l) {
+	rolled := d.recoverRollbacks(ctx, l)
+	if d.recoverReplaces(ctx, l) || rolled {
 		d.invalidate()
 	}
 	return d, nil
-}
-
-// reportRollbackLeftovers names the LVs an interrupted snapshot rollback
-// left under a hidden name (the image moved aside before the snapshot took
-// its name) and says what to do. It changes nothing: nothing records which
-// file name such an LV had, so only its identity tells whether the
-// rollback took effect.
-func (d *Driver) reportRollbackLeftovers(l *listing) {
-	prefix, _ := volmap.HiddenName(rollbackLabel)
-	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
-		lv := l.lvs[name]
-		if !strings.HasPrefix(name, prefix) || !slices.Contains(lv.Tags, d.tag) {
-			continue
-		}
-		a, _, _ := meta.DecodeTags(lv.Tags)
-		file := ""
-		for _, other := range l.lvs {
-			if f, ok := d.fileName(other); ok && a.ID != "" {
-				if oa, _, _ := meta.DecodeTags(other.Tags); oa.ID == a.ID {
-					file = f
-				}
-			}
-		}
-		if file != "" {
-			d.log.Error("an interrupted snapshot rollback left the image's volume from before the rollback; "+
-				"the rollback took effect: remove the old volume with lvremove once you have checked the file",
-				slog.String("lv", name), slog.String("file", file), slog.String("remove", "lvremove "+d.cfg.VG+"/"+name))
-			continue
-		}
-		d.log.Error("an interrupted snapshot rollback left an image under a hidden name and no file has its "+
-			"identity: give it back its name with lvrename VG/LV NAME (the file name, escaped as volfs does)",
-			slog.String("lv", name), slog.String("rename", "lvrename "+d.cfg.VG+" "+name+" NAME"))
-	}
 }
 
 // VG returns the volume group's name.

@@ -13,14 +13,18 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/volfs/volfs/internal/proc"
 	"github.com/volfs/volfs/volmap"
 )
 
 // replaceTag is the intent a Replace writes on the target LV before it
-// moves it aside: "volfs-replace=SRCUUID:BOOTID:PID:TARGET". It names the
-// source LV (by UUID, which survives renames), the process doing the
-// replace (so that a mount started while another server is renaming does
-// not undo its work) and the target's LV name (LV names have no ':').
+// moves it aside: "volfs-replace=SRCUUID:BOOTID:PID:START:TARGET". It
+// names the source LV (by UUID, which survives renames), the process doing
+// the replace (so that a mount started while another server is renaming
+// does not undo its work; START, its start time, tells it from a later
+// process that reuses the pid) and the target's LV name (LV names have no
+// ':'). Intents of older volfs have no START ("SRCUUID:BOOTID:PID:TARGET"):
+// their pid alone is checked.
 // It is outside meta's "volfs." namespace: attribute decoding and
 // SetAttrs never see or drop it.
 const replaceTag = "volfs-replace="
@@ -30,12 +34,13 @@ type replaceIntent struct {
 	tag     string // the tag itself, to delete it
 	srcUUID string
 	bootID  string
-	pid     int
-	target  string // the target's LV name
+	owner   proc.ID // the replacing process; Start 0 in an older intent
+	target  string  // the target's LV name
 }
 
 func (ri replaceIntent) encode() string {
-	return replaceTag + ri.srcUUID + ":" + ri.bootID + ":" + strconv.Itoa(ri.pid) + ":" + ri.target
+	return replaceTag + ri.srcUUID + ":" + ri.bootID + ":" + strconv.Itoa(ri.owner.Pid) + ":" +
+		strconv.FormatUint(ri.owner.Start, 10) + ":" + ri.target
 }
 
 // intentOf returns the replace intent recorded on lv, if any.
@@ -45,17 +50,58 @@ func intentOf(lv LV) (replaceIntent, bool) {
 		if !ok {
 			continue
 		}
-		f := strings.SplitN(v, ":", 4)
-		if len(f) != 4 || f[0] == "" || f[3] == "" {
+		f := strings.Split(v, ":")
+		if len(f) == 4 { // older volfs: no start time
+			f = []string{f[0], f[1], f[2], "0", f[3]}
+		}
+		if len(f) != 5 || f[0] == "" || f[4] == "" {
 			continue
 		}
-		pid, err := strconv.Atoi(f[2])
-		if err != nil {
+		owner, ok := parseOwner(f[2], f[3])
+		if !ok {
 			continue
 		}
-		return replaceIntent{tag: t, srcUUID: f[0], bootID: f[1], pid: pid, target: f[3]}, true
+		return replaceIntent{tag: t, srcUUID: f[0], bootID: f[1], owner: owner, target: f[4]}, true
 	}
 	return replaceIntent{}, false
+}
+
+// parseOwner reads the PID and START fields of an intent (START "0": not
+// recorded).
+func parseOwner(pid, start string) (proc.ID, bool) {
+	p, err1 := strconv.Atoi(pid)
+	s, err2 := strconv.ParseUint(start, 10, 64)
+	if err1 != nil || err2 != nil || p <= 0 {
+		return proc.ID{}, false
+	}
+	return proc.ID{Pid: p, Start: s}, true
+}
+
+// intentOwner returns this process's identity for an intent. Without a start
+// time (no /proc) the intent records 0, and only its pid is checked.
+func intentOwner() proc.ID {
+	if id, err := proc.Self(); err == nil {
+		return id
+	}
+	return proc.ID{Pid: os.Getpid()}
+}
+
+// ownerRunning reports whether the process that wrote an intent still
+// runs: same pid and same start time, so that a later process that got
+// the pid (a busy host, a container) is not taken for it. An intent of an
+// older volfs has no start time: its pid alone is checked.
+func ownerRunning(id proc.ID) bool {
+	if id.Start == 0 {
+		return processAlive(id.Pid)
+	}
+	return id.Running()
+}
+
+// ownerLive reports whether the intent of owner, written during boot,
+// belongs to another process that still runs, and so must be left alone.
+// An intent from another boot or of this process is never live.
+func ownerLive(owner proc.ID, boot, thisBoot string, alive func(proc.ID) bool) bool {
+	return boot != "" && boot == thisBoot && owner.Pid != os.Getpid() && alive(owner)
 }
 
 // bootID identifies this boot of this machine (empty if unknown).
@@ -157,7 +203,7 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 
-	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), pid: os.Getpid(), target: dst.Name}
+	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), owner: intentOwner(), target: dst.Name}
 	intent.tag = intent.encode()
 	if _, err := d.lvm.Run(ctx, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
@@ -216,23 +262,24 @@ func (d *Driver) dropIntent(ctx context.Context, lvName, tag string) error {
 type recoveryAction int
 
 const (
-	recoverNone    recoveryAction = iota // not a replace leftover
-	recoverDropTag                       // an intent on an LV never moved aside (or already moved back): delete the tag
-	recoverUndo                          // source not renamed yet: rename the aside LV back to the target name, delete the tag
-	recoverFinish                        // source has the target name: remove the aside LV
-	recoverWait                          // the process that wrote the intent still runs
-	recoverStuck                         // the target name is held by an LV that is not the source: leave it, tell the operator
-	recoverUnknown                       // an aside LV without an intent (older volfs): leave it, tell the operator
+	recoverNone      recoveryAction = iota // not a replace leftover
+	recoverDropTag                         // an intent on an LV never moved aside (or already moved back): delete the tag
+	recoverUndo                            // source not renamed yet: rename the aside LV back to the target name, delete the tag
+	recoverFinish                          // source has the target name: remove the aside LV
+	recoverWait                            // the process that wrote the intent still runs
+	recoverStuck                           // the target name is held by an LV that is not the source: leave it, tell the operator
+	recoverUnknown                         // an aside LV without an intent (older volfs): leave it, tell the operator
+	recoverRemoveNew                       // rollback only: an incomplete new LV holds the name: remove it, then undo
 )
 
 func (a recoveryAction) String() string {
-	return [...]string{"none", "drop-tag", "undo", "finish", "wait", "stuck", "unknown"}[a]
+	return [...]string{"none", "drop-tag", "undo", "finish", "wait", "stuck", "unknown", "remove-new-then-undo"}[a]
 }
 
 // planRecovery decides what to do with lv after a replace that may have
 // been interrupted, from a listing of the whole VG. boot is this machine's
-// boot ID; alive tells whether a pid of this boot runs.
-func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(int) bool) (recoveryAction, replaceIntent) {
+// boot ID; alive tells whether a process of this boot runs.
+func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(proc.ID) bool) (recoveryAction, replaceIntent) {
 	asidePrefix, _ := volmap.HiddenName(asideLabel)
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	isAside := strings.HasPrefix(lv.Name, asidePrefix) || strings.HasPrefix(lv.Name, deletedPrefix)
@@ -242,7 +289,7 @@ func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(
 		return recoverUnknown, ri
 	case !ok:
 		return recoverNone, ri
-	case ri.bootID != "" && ri.bootID == boot && ri.pid != os.Getpid() && alive(ri.pid):
+	case ownerLive(ri.owner, ri.bootID, boot, alive):
 		return recoverWait, ri
 	case !isAside:
 		return recoverDropTag, ri
@@ -266,7 +313,7 @@ func (d *Driver) recoverReplaces(ctx context.Context, l *listing) bool {
 	changed := false
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
 		lv := l.lvs[name]
-		action, ri := d.planRecovery(l.lvs, lv, boot, processAlive)
+		action, ri := d.planRecovery(l.lvs, lv, boot, ownerRunning)
 		log := d.log.With(slog.String("lv", name), slog.String("action", action.String()))
 		switch action {
 		case recoverNone:
@@ -278,7 +325,7 @@ func (d *Driver) recoverReplaces(ctx context.Context, l *listing) bool {
 			continue
 		case recoverWait:
 			log.Warn("a rename over an existing file is in progress in another volfs process; leaving it alone",
-				slog.Int("pid", ri.pid), slog.String("target", ri.target))
+				slog.Int("pid", ri.owner.Pid), slog.String("target", ri.target))
 			continue
 		case recoverStuck:
 			log.Error("interrupted rename over an existing file cannot be undone: the target name is taken by "+

@@ -2,7 +2,10 @@ package lvm
 
 import (
 	"log/slog"
+	"slices"
 	"testing"
+
+	"github.com/volfs/volfs/internal/proc"
 )
 
 // What the next mount does with every state a crashed Replace("a", "b")
@@ -11,7 +14,8 @@ import (
 func TestPlanRecovery(t *testing.T) {
 	d := &Driver{cfg: Config{VG: "vg0"}, log: slog.New(slog.DiscardHandler)}
 	const boot = "6b0f6c35-0cbe-4f2b-9d67-0a3e5c4f1e11"
-	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, pid: 4242, target: "b"}
+	owner := proc.ID{Pid: 4242, Start: 777}
+	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b"}
 	tag := intent.encode()
 	aside := "+2Fvolfs-aside-0a1b2c3d"
 	src := LV{Name: "a", UUID: "SRC-uuid", Tags: []string{"volfs"}}
@@ -28,14 +32,19 @@ func TestPlanRecovery(t *testing.T) {
 		}
 		return m
 	}
-	dead := func(int) bool { return false }
-	alive := func(pid int) bool { return pid == 4242 }
+	oldTag := "volfs-replace=SRC-uuid:" + boot + ":4242:b" // written by an older volfs: no start time
+	dead := func(proc.ID) bool { return false }
+	alive := func(id proc.ID) bool { return id == owner }
+	// The pid runs, but it is a later process (another start time).
+	recycled := func(id proc.ID) bool { return id.Pid == 4242 && id.Start == 778 }
+	// What ownerRunning checks for an older intent: the bare pid.
+	pidAlive := func(id proc.ID) bool { return id.Pid == 4242 }
 	for _, tc := range []struct {
 		what  string
 		lvs   map[string]LV
 		check string // the LV planned for
 		boot  string
-		alive func(int) bool
+		alive func(proc.ID) bool
 		want  recoveryAction
 	}{
 		{"before step 1: nothing to do", vg(src, dst), "b", boot, dead, recoverNone},
@@ -50,20 +59,27 @@ func TestPlanRecovery(t *testing.T) {
 		{"open target detached, a took the name", vg(tagged(src, "b"), tagged(dst, "+2Fvolfs-deleted-0011223344556677", tag)), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverFinish},
 		{"file removed while open: purged, not a rename", vg(src, tagged(dst, "+2Fvolfs-deleted-0011223344556677")), "+2Fvolfs-deleted-0011223344556677", boot, dead, recoverNone},
 		{"aside LV of an older volfs, no intent", vg(src, tagged(dst, aside)), aside, boot, dead, recoverUnknown},
+		{"pid reused by a later process: not the replacing server", vg(src, tagged(dst, aside, tag)), aside, boot, recycled, recoverUndo},
+		{"older intent, its pid runs: wait", vg(src, tagged(dst, aside, oldTag)), aside, boot, pidAlive, recoverWait},
+		{"older intent, dead: undo", vg(src, tagged(dst, aside, oldTag)), aside, boot, dead, recoverUndo},
 		{"malformed intent is no intent", vg(src, tagged(dst, "b", "volfs-replace=x")), "b", boot, dead, recoverNone},
 	} {
 		got, ri := d.planRecovery(tc.lvs, tc.lvs[tc.check], tc.boot, tc.alive)
 		if got != tc.want {
 			t.Errorf("%s: plan %v, want %v", tc.what, got, tc.want)
 		}
-		if got != recoverNone && got != recoverUnknown && ri != (replaceIntent{tag: tag, srcUUID: "SRC-uuid", bootID: boot, pid: 4242, target: "b"}) {
-			t.Errorf("%s: intent %+v", tc.what, ri)
+		want := replaceIntent{tag: tag, srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b"}
+		if slices.Contains(tc.lvs[tc.check].Tags, oldTag) {
+			want.tag, want.owner = oldTag, proc.ID{Pid: 4242}
+		}
+		if got != recoverNone && got != recoverUnknown && ri != want {
+			t.Errorf("%s: intent %+v, want %+v", tc.what, ri, want)
 		}
 	}
 }
 
 func TestIntentRoundTrip(t *testing.T) {
-	ri := replaceIntent{srcUUID: "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia", bootID: "b-1", pid: 7, target: "web+20disk"}
+	ri := replaceIntent{srcUUID: "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia", bootID: "b-1", owner: proc.ID{Pid: 7, Start: 123456}, target: "web+20disk"}
 	ri.tag = ri.encode()
 	if err := checkTag(ri.tag); err != nil {
 		t.Fatalf("intent %q is not a valid LVM tag: %v", ri.tag, err)

@@ -56,11 +56,15 @@ const DefaultPoolLimit = 90
 
 var snapB64 = base64.RawURLEncoding
 
-// rollbackFault, when set (tests), is called before Rollback's step 2 and
-// 3; an error fails that step.
+// rollbackFault, when set (tests), is called at each step of Rollback
+// (1: intent recorded, before the image moves aside; 2: before the
+// lvcreate; 3: before the old LV is removed; 4: after, the rollback done);
+// an error fails that step. VOLFS_TEST_ROLLBACK_KILL=N kills the server
+// there instead (killAtRollbackStep).
 var rollbackFault func(step int) error
 
 func injectRollbackFault(step int) error {
+	killAtRollbackStep(step)
 	if rollbackFault == nil {
 		return nil
 	}
@@ -300,14 +304,18 @@ func (d *Driver) RenameSnapshot(ctx context.Context, origin, oldName, newName st
 // lvconvert --merge (deferred while the origin is open, and it drops
 // sibling snapshots' origin link):
 //
+//  0. the image's LV gets a rollbackTag naming its LV name, the snapshot
+//     and this process (the intent);
 //  1. the image's LV is renamed aside ("+2Fvolfs-rollback-…");
 //  2. lvcreate -s -kn -prw of the snapshot under the image's LV name, with
 //     the mount tag and a's tags (a keeps the file's identity);
-//  3. the aside LV is removed.
+//  3. the aside LV is removed, and the intent with it.
 //
-// A failed step undoes the earlier ones. A crash between 1 and 2 leaves the
-// image under the aside name (lvs shows it with its volfs tags: rename it
-// back); between 2 and 3 it leaves the old data there (remove it).
+// A failed step undoes the earlier ones. A crash at any point is finished
+// or undone by the next New (recoverRollbacks): if the LV under the image's
+// name is the rolled-back one (step 2 done), the aside LV is removed;
+// otherwise the aside LV gets its name back. After a crash the file has
+// its old data or the snapshot's, never neither.
 func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs) error {
 	aside, err := hiddenRandom(rollbackLabel)
 	if err != nil {
@@ -335,8 +343,19 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 	defer cancel()
 
-	if err := d.rename(ctx, lv.Name, aside); err != nil {
-		return fmt.Errorf("rollback of %s: move the image aside: %w", image, err)
+	intent := rollbackIntent{bootID: bootID(), owner: intentOwner(), snapLV: snap.Name, target: lv.Name}
+	intent.tag = intent.encode()
+	if _, err := d.lvm.Run(ctx, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+lv.Name); err != nil {
+		return errors.Join(fmt.Errorf("rollback of %s: record the rollback on %s/%s: %w", image, d.cfg.VG, lv.Name, err),
+			d.dropIntent(undoCtx, lv.Name, intent.tag))
+	}
+	err = injectRollbackFault(1)
+	if err == nil {
+		err = d.rename(ctx, lv.Name, aside)
+	}
+	if err != nil {
+		return errors.Join(fmt.Errorf("rollback of %s: move the image aside: %w", image, err),
+			d.dropIntent(undoCtx, lv.Name, intent.tag))
 	}
 	args := []string{"-s", "-n", lv.Name, "-kn", "-prw", "--addtag", d.tag}
 	for _, t := range meta.EncodeTags(a) {
@@ -352,10 +371,13 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 		if errors.Is(err, volmap.ErrExists) {
 			// Someone else took the freed name meanwhile: that LV is
 			// not ours to remove, and the image cannot take its name
-			// back either (reportRollbackLeftovers names it at mount).
+			// back either (the next mount says so, naming both).
 			return errors.Join(err, d.undoStep(undoCtx, aside, lv.Name))
 		}
-		return errors.Join(err, d.undoCreate(undoCtx, lv.Name), d.undoStep(undoCtx, aside, lv.Name))
+		if uerr := errors.Join(d.undoCreate(undoCtx, lv.Name), d.undoStep(undoCtx, aside, lv.Name)); uerr != nil {
+			return errors.Join(err, uerr)
+		}
+		return errors.Join(err, d.dropIntent(undoCtx, lv.Name, intent.tag))
 	}
 	err = injectRollbackFault(3)
 	if err == nil {
@@ -367,9 +389,14 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 		if rerr != nil {
 			return errors.Join(err, fmt.Errorf("rollback: remove the new %s/%s: %w", d.cfg.VG, lv.Name, rerr))
 		}
-		return errors.Join(err, d.undoStep(undoCtx, aside, lv.Name))
+		if uerr := d.undoStep(undoCtx, aside, lv.Name); uerr != nil {
+			return errors.Join(err, uerr)
+		}
+		return errors.Join(err, d.dropIntent(undoCtx, lv.Name, intent.tag))
 	}
-	d.log.Info("rolled back", slog.String("lv", lv.Name), slog.String("snapshot", name))
+	_ = injectRollbackFault(4)
+	d.log.Info("rolled back", slog.String("lv", lv.Name), slog.String("snapshot", name),
+		slog.String("snapshot_lv", snap.Name))
 	return nil
 }
 
