@@ -70,16 +70,14 @@ func (n *Image) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn u
 	return uint32(done), 0
 }
 
-// A clone by copy reads and writes cloneBuffer bytes at a time, and leaves
-// out the all-zero blocks of cloneZeroBlock bytes when the destination is
-// thin: 64 KiB is LVM's smallest (and default) thin pool chunk, so a block
-// left out is never a part of a chunk that a write allocates. With a larger
-// chunk the rest of an allocated chunk reads zeros as long as the pool
-// zeroes new chunks (LVM's default, thin_pool_zero=1).
-const (
-	cloneBuffer    = 4 << 20
-	cloneZeroBlock = 64 << 10
-)
+// A clone by copy reads and writes cloneBuffer bytes at a time. Into a thin
+// destination it leaves out all-zero blocks of the pool's chunk size (the
+// driver's Sparser.UnmapUnit): a chunk left out is never allocated and
+// reads zeros. Only whole chunks: a pool that does not zero new chunks
+// (lvcreate -Zn) would show the disk's old bytes in the rest of a chunk
+// that a write allocates, and for such a pool UnmapUnit is 0, so nothing
+// is left out.
+const cloneBuffer = 4 << 20
 
 // cloneByCopy makes dst a full copy of the image v, whose volume cannot
 // share blocks (a linear LV): a new volume of the same size with attributes
@@ -162,8 +160,10 @@ func (r *Root) copyVolume(ctx context.Context, v volmap.Volume, tmp string, nv v
 	// Whole 4 KiB blocks (O_DIRECT); both devices are whole extents.
 	n := min((length+4095)/4096*4096, v.Size, nv.Size)
 	skip := 0
-	if nv.Thin {
-		skip = cloneZeroBlock
+	if sp, ok := r.drv.(volmap.Sparser); ok && nv.Thin {
+		if unit, err := sp.UnmapUnit(ctx, tmp); err == nil && unit > 0 && cloneBuffer%unit == 0 {
+			skip = int(unit)
+		}
 	}
 	st, err = snapshot.Copy(ctx, out, in, n, snapshot.CopyOptions{Buffer: cloneBuffer, SkipZero: skip, Progress: progress})
 	if err != nil {
