@@ -54,7 +54,7 @@ device.`,
 		return usageError{fmt.Errorf("%w (see %s --help)", err, c.CommandPath())}
 	})
 	root.AddCommand(newMountCmd(), newUmountCmd(), newVersionCmd(), newLsCmd(), newStatusCmd())
-	root.AddCommand(newSnapshotCmd(), newCloneCmd())
+	root.AddCommand(newSnapshotCmd(), newCloneCmd(), newLayoutCmd())
 	root.AddCommand(newGendocsCmd())
 	addCompletions(root)
 	return root

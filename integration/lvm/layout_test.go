@@ -316,8 +316,17 @@ func TestLayoutXattr(t *testing.T) {
 		out, _ := try("lvs", "--noheadings", "-o", "sync_percent", e.vg+"/conv")
 		return strings.TrimSpace(out) == "100.00"
 	})
-	if err := setLayout(m.path("conv"), "linear"); err != nil {
-		t.Fatalf("convert conv back to linear: %v\n%s", err, m.logText())
+	// The CLI shows it and changes it back to linear.
+	if out := sh(t, volfsBin, "layout", m.path("conv")); !strings.Contains(out, "layout: raid1 mirrors=1\n") ||
+		!strings.Contains(out, "health: ok\n") || !strings.Contains(out, "in sync: ") {
+		t.Errorf("volfs layout conv:\n%s", out)
+	}
+	if out, err := try(volfsBin, "layout", m.path("conv"), "raid1", "mirrors=3"); err == nil ||
+		!strings.Contains(out, `layout "raid1 mirrors=3" refused`) {
+		t.Errorf("volfs layout conv raid1 mirrors=3 with 3 PVs: %v\n%s", err, out)
+	}
+	if out, err := try(volfsBin, "layout", m.path("conv"), "linear"); err != nil {
+		t.Fatalf("volfs layout conv linear: %v\n%s\n%s", err, out, m.logText())
 	}
 	if p := e.placement("conv"); p.segtype != "linear" || len(p.pvs) != 1 {
 		t.Errorf("conv after conversion to linear: %+v", p)
