@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -79,6 +80,42 @@ func (n *Image) CopyFileRange(ctx context.Context, fhIn gofs.FileHandle, offIn u
 // is left out.
 const cloneBuffer = 4 << 20
 
+// clonePrefix starts the temporary name of a clone by copy under way. No
+// file may be created or renamed to such a name, and the mount removes
+// the ones a killed server left (RemoveStaleClones): under an exclusive
+// mount lock no other server can be copying into them.
+const clonePrefix = ".volfs-clone-"
+
+func cloneTemp(name string) bool { return strings.HasPrefix(name, clonePrefix) }
+
+// RemoveStaleClones removes the partial copies that clones by copy of a
+// server that was killed left behind; call it before the mount serves.
+// Failures are logged: the files stay visible, and rm removes them.
+func (r *Root) RemoveStaleClones(ctx context.Context) {
+	rm, ok := r.drv.(volmap.Remover)
+	if !ok || r.readOnly {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, snapTimeout)
+	defer cancel()
+	vols, err := r.drv.List(ctx)
+	if err != nil {
+		r.log.Warn("could not look for partial copies of interrupted clones", slog.Any("err", err))
+		return
+	}
+	for _, v := range vols {
+		if !cloneTemp(v.Name) {
+			continue
+		}
+		if err := rm.Remove(ctx, v.Name); err != nil {
+			r.log.Error("could not remove the partial copy of an interrupted clone; remove it with rm",
+				slog.String("volume", v.Name), slog.Any("err", err))
+			continue
+		}
+		r.log.Warn("removed the partial copy of a clone that a killed server left", slog.String("volume", v.Name))
+	}
+}
+
 // cloneByCopy makes dst a full copy of the image v, whose volume cannot
 // share blocks (a linear LV): a new volume of the same size with attributes
 // a, filled from v's device with large sequential I/O in the server. It is
@@ -104,7 +141,7 @@ func (r *Root) cloneByCopy(ctx context.Context, v volmap.Volume, dst string, a m
 	}
 	rnd := make([]byte, 8)
 	_, _ = rand.Read(rnd)
-	tmp := ".volfs-clone-" + hex.EncodeToString(rnd)
+	tmp := clonePrefix + hex.EncodeToString(rnd)
 	log := r.log.With(slog.String("volume", v.Name), slog.String("clone", dst), slog.String("temporary", tmp))
 
 	lvmCtx, cancel := context.WithTimeout(ctx, snapTimeout)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volfs/volfs/internal/testutil"
+	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/loopdir"
 )
@@ -855,5 +856,35 @@ func TestPendingChangedWhileCreated(t *testing.T) {
 				t.Fatalf("listed after the %s: %v", c.op, got)
 			}
 		})
+	}
+}
+
+// A partial copy that a killed server's clone left (.volfs-clone-…) is
+// removed before the next mount serves; no file may be created under, or
+// renamed to, such a name (the mount would remove it).
+func TestStaleCloneRemoved(t *testing.T) {
+	m := newTestMount(t, mountConfig{})
+	ctx := context.Background()
+	stale := clonePrefix + "0123456789abcdef"
+	for _, n := range []string{stale, "keep"} {
+		if _, err := m.d.Create(ctx, n, 1<<20, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Create(m.path(clonePrefix + "x")); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("create %sx: %v, want EPERM", clonePrefix, err)
+	}
+	if err := os.Rename(m.path("keep"), m.path(clonePrefix+"y")); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("rename to %sy: %v, want EPERM", clonePrefix, err)
+	}
+	m.root.RemoveStaleClones(ctx)
+	if _, ok := m.volume(stale); ok {
+		t.Errorf("%s is still there", stale)
+	}
+	if _, ok := m.volume("keep"); !ok {
+		t.Error("a file that is no partial copy was removed")
+	}
+	if !strings.Contains(m.log.String(), "removed the partial copy of a clone that a killed server left") {
+		t.Errorf("the log does not say what was removed:\n%s", m.log.String())
 	}
 }

@@ -287,6 +287,9 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if reservedName(name) {
 		return nil, nil, 0, syscall.EEXIST
 	}
+	if cloneTemp(name) {
+		return nil, nil, 0, syscall.EPERM // the mount would remove it as a partial copy
+	}
 	if _, ok := r.drv.(volmap.Creator); !ok {
 		r.log.Warn("create refused: this driver exposes existing devices and cannot create volumes",
 			slog.String("volume", name))
@@ -461,7 +464,7 @@ func (r *Root) rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if name == newName {
 		return 0
 	}
-	if reservedName(name) || reservedName(newName) {
+	if reservedName(name) || reservedName(newName) || cloneTemp(newName) {
 		return syscall.EPERM
 	}
 	if v, ok := r.drv.(volmap.NameChecker); ok {

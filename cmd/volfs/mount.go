@@ -289,6 +289,7 @@ func (c *mountCmd) serve(mnt, hidden string) (err error) {
 		return err
 	}
 	root := volfs.NewRoot(volfs.Options{Driver: drv, Log: log, ReadOnly: c.readOnly, Defaults: defaults})
+	root.RemoveStaleClones(ctx)
 	insp, err := c.startInspection(mnt, root, log) // volfs ls, volfs status, --metrics
 	if err != nil {
 		return err
