@@ -109,7 +109,24 @@ func (d *Driver) Allocated(ctx context.Context, name string, f *os.File) ([]volm
 	// A pool has one metadata snapshot at a time.
 	d.mapMu.Lock()
 	defer d.mapMu.Unlock()
-	if _, err := d.lvm.Tool(ctx, "dmsetup", "message", poolName, "0", "reserve_metadata_snap"); err != nil {
+	reserve := func() error {
+		_, err := d.lvm.Tool(ctx, "dmsetup", "message", poolName, "0", "reserve_metadata_snap")
+		return err
+	}
+	err = reserve()
+	if ce := (*CmdError)(nil); errors.As(err, &ce) && strings.Contains(ce.Stderr, "busy") {
+		// A snapshot is already reserved: by a volfs killed between its
+		// reserve and release (nothing else here holds one long), or by
+		// another tool reading it now, whose read then fails (it must
+		// cope: its answer would be as stale as ours). Left alone, every
+		// mapping of this pool would fail from now on.
+		d.log.Warn("a metadata snapshot of the thin pool was left reserved; releasing it",
+			"pool", poolName, "volume", name)
+		if _, rerr := d.lvm.Tool(ctx, "dmsetup", "message", poolName, "0", "release_metadata_snap"); rerr == nil {
+			err = reserve()
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("mapping of %s: reserve a metadata snapshot of pool %s: %w", name, poolName, err)
 	}
 	defer func() {
