@@ -146,8 +146,12 @@ done`
 			}
 		}()
 		// The four take 3-5 s together in an idle guest, several times
-		// that on a loaded host.
-		delay := time.Duration(rand.Int64N(int64(12 * time.Second)))
+		// that on a loaded host. Stratified: round i of n kills at a
+		// random point of the i-th n-th of 12 s, so even the 2 rounds of
+		// CI kill once early and once after the first fsyncs were
+		// acknowledged.
+		span := 12 * time.Second / time.Duration(rounds)
+		delay := time.Duration(i)*span + time.Duration(rand.Int64N(int64(span)))
 		ops := []*op{grow,
 			startOp(t, "create", "cp", srcC, m.path(c)),
 			startOp(t, "rename", "mv", m.path(ra), m.path(rb)),
