@@ -167,6 +167,15 @@ func (r *Root) cloneByCopy(ctx context.Context, v volmap.Volume, dst string, a m
 	}
 	lvmCtx, cancel = context.WithTimeout(ctx, snapTimeout)
 	defer cancel()
+	// dst was free when the clone began; a file created there since,
+	// even one without its volume yet, keeps its name (the rename would
+	// take it from under that file): the copy goes.
+	r.mu.Lock()
+	taken := r.pending[dst] != nil
+	r.mu.Unlock()
+	if taken {
+		return fail(fmt.Errorf("clone of %s to %s: a file %s was created meanwhile: %w", v.Name, dst, dst, volmap.ErrExists))
+	}
 	if err := rn.Rename(lvmCtx, tmp, dst); err != nil {
 		return fail(fmt.Errorf("clone of %s to %s: give the copy its name: %w", v.Name, dst, err))
 	}

@@ -877,6 +877,9 @@ func TestStaleCloneRemoved(t *testing.T) {
 	if err := os.Rename(m.path("keep"), m.path(clonePrefix+"y")); !errors.Is(err, syscall.EPERM) {
 		t.Errorf("rename to %sy: %v, want EPERM", clonePrefix, err)
 	}
+	if err := os.Rename(m.path(stale), m.path("z")); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("rename of %s: %v, want EPERM (a clone under way would lose its copy)", stale, err)
+	}
 	m.root.RemoveStaleClones(ctx)
 	if _, ok := m.volume(stale); ok {
 		t.Errorf("%s is still there", stale)

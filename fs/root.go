@@ -464,7 +464,7 @@ func (r *Root) rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if name == newName {
 		return 0
 	}
-	if reservedName(name) || reservedName(newName) || cloneTemp(newName) {
+	if reservedName(name) || reservedName(newName) || cloneTemp(name) || cloneTemp(newName) {
 		return syscall.EPERM
 	}
 	if v, ok := r.drv.(volmap.NameChecker); ok {

@@ -104,6 +104,17 @@ func ownerLive(owner proc.ID, boot, thisBoot string, alive func(proc.ID) bool) b
 	return boot != "" && boot == thisBoot && owner.Pid != os.Getpid() && alive(owner)
 }
 
+// notOurs reports whether an intent on lv belongs to another server than
+// one of this mount on this machine could have been: on a mount with
+// --tag, an LV without that tag (another mount of the VG, with another
+// tag, may be running it now or recover it itself; an untagged mount holds
+// the VG exclusively), or, on a VG shared between hosts, an intent written
+// under another boot ID (another host, whose server may be running it
+// now). Such intents are left alone.
+func (d *Driver) notOurs(lv LV, intentBoot, thisBoot string) bool {
+	return (d.cfg.Tag != "" && !slices.Contains(lv.Tags, d.cfg.Tag)) || (d.shared != nil && intentBoot != thisBoot)
+}
+
 // bootID identifies this boot of this machine (empty if unknown).
 func bootID() string {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
@@ -289,7 +300,7 @@ func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(
 		return recoverUnknown, ri
 	case !ok:
 		return recoverNone, ri
-	case ownerLive(ri.owner, ri.bootID, boot, alive):
+	case d.notOurs(lv, ri.bootID, boot), ownerLive(ri.owner, ri.bootID, boot, alive):
 		return recoverWait, ri
 	case !isAside:
 		return recoverDropTag, ri

@@ -12,7 +12,7 @@ import (
 // can leave (the LVs as lvs lists them after each step), and with states
 // that are not its own.
 func TestPlanRecovery(t *testing.T) {
-	d := &Driver{cfg: Config{VG: "vg0"}, log: slog.New(slog.DiscardHandler)}
+	d := &Driver{cfg: Config{VG: "vg0"}, tag: DefaultTag, log: slog.New(slog.DiscardHandler)}
 	const boot = "6b0f6c35-0cbe-4f2b-9d67-0a3e5c4f1e11"
 	owner := proc.ID{Pid: 4242, Start: 777}
 	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b"}
@@ -72,7 +72,7 @@ func TestPlanRecovery(t *testing.T) {
 		if slices.Contains(tc.lvs[tc.check].Tags, oldTag) {
 			want.tag, want.owner = oldTag, proc.ID{Pid: 4242}
 		}
-		if got != recoverNone && got != recoverUnknown && ri != want {
+		if got != recoverNone && got != recoverUnknown && got != recoverWait && ri != want {
 			t.Errorf("%s: intent %+v, want %+v", tc.what, ri, want)
 		}
 	}
@@ -87,5 +87,30 @@ func TestIntentRoundTrip(t *testing.T) {
 	got, ok := intentOf(LV{Tags: []string{"volfs", "volfs.size=1", ri.tag}})
 	if !ok || got != ri {
 		t.Fatalf("intentOf = %+v, %v; want %+v", got, ok, ri)
+	}
+}
+
+// On a VG shared between hosts an intent written under another boot ID is
+// another host's, whose server may be running it, and on a tagged mount an
+// intent on an LV without its tag is another mount's: both left alone.
+func TestPlanRecoveryNotOurs(t *testing.T) {
+	d := &Driver{cfg: Config{VG: "vg0"}, tag: DefaultTag, log: slog.New(slog.DiscardHandler), shared: &sharedVG{}}
+	owner := proc.ID{Pid: 4242, Start: 99}
+	tag := replaceIntent{srcUUID: "SRC-uuid", bootID: "host2-boot", owner: owner, target: "b"}.encode()
+	aside := "+2Fvolfs-aside-0a1b2c3d"
+	lvs := map[string]LV{
+		"a":   {Name: "a", UUID: "SRC-uuid", Tags: []string{DefaultTag}},
+		aside: {Name: aside, UUID: "DST-uuid", Tags: []string{DefaultTag, tag}},
+	}
+	if got, _ := d.planRecovery(lvs, lvs[aside], "host1-boot", func(proc.ID) bool { return false }); got != recoverWait {
+		t.Errorf("another host's replace intent on a shared VG: plan %v, want wait", got)
+	}
+	d.shared = nil
+	if got, _ := d.planRecovery(lvs, lvs[aside], "host1-boot", func(proc.ID) bool { return false }); got != recoverUndo {
+		t.Errorf("an intent of an earlier boot on a VG of this host only: plan %v, want undo", got)
+	}
+	d.cfg.Tag = "volfs.mount=mine"
+	if got, _ := d.planRecovery(lvs, lvs[aside], "host1-boot", func(proc.ID) bool { return false }); got != recoverWait {
+		t.Errorf("an intent on an LV without this mount's tag: plan %v, want wait", got)
 	}
 }

@@ -13,7 +13,7 @@ import (
 // lvFields are the lvs columns the driver reads.
 const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,lv_role,lv_layout," +
 	"segtype,lv_dm_path,lv_active,lv_skip_activation,lv_kernel_major,lv_kernel_minor,chunk_size,discards,zero,lv_time," +
-	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent,lv_lockargs"
+	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent,lv_lockargs,origin"
 
 // vgFields are the vgs columns the driver reads.
 const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type"
@@ -45,6 +45,10 @@ type LV struct {
 	// Discards is a thin pool's discard mode: "passdown", "nopassdown" or
 	// "ignore" (a pool that ignores discards never unmaps).
 	Discards string
+	// Origin is the LV a snapshot was taken of ("" for none). A thin LV
+	// whose origin is not a thin LV of its own pool has an external
+	// origin: its unmapped chunks read the origin, not zeros.
+	Origin string
 	// ZeroesNew is a thin pool's zeroing of newly provisioned chunks
 	// (lvcreate -Zy, the default). Without it a partial write into a new
 	// chunk leaves the rest of the chunk as the disk held it.
@@ -125,6 +129,7 @@ func ParseLVs(data []byte) ([]LV, error) {
 			ChunkSize:      p.int("chunk_size", 0),
 			Discards:       p.str("discards"),
 			ZeroesNew:      p.str("zero") != "",
+			Origin:         p.str("origin"),
 			VGMissingPVs:   p.int("vg_missing_pv_count", 0),
 			Stripes:        p.int("stripes", 0),
 			DataStripes:    p.int("data_stripes", 0),

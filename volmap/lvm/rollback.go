@@ -88,7 +88,7 @@ func (d *Driver) planRollbackRecovery(lvs map[string]LV, lv LV, boot string, ali
 		return recoverUnknown, ri
 	case !ok:
 		return recoverNone, ri
-	case ownerLive(ri.owner, ri.bootID, boot, alive):
+	case d.notOurs(lv, ri.bootID, boot), ownerLive(ri.owner, ri.bootID, boot, alive):
 		return recoverWait, ri
 	case !isAside:
 		return recoverDropTag, ri

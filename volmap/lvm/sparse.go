@@ -36,10 +36,11 @@ func (d *Driver) UnmapUnit(ctx context.Context, name string) (int64, error) {
 }
 
 // chunkOf is the chunk size Zero unmaps in lv's pool: 0 when lv is not
-// thin, its pool is unknown or ignores discards, or does not zero new
-// chunks. On such a pool an unmapped chunk that a later partial write
-// provisions again would show, around that write, whatever the disk held
-// (another image's old data): zeros are written instead.
+// thin, has an external origin, or its pool is unknown, ignores discards
+// or does not zero new chunks. On a pool without zeroing an unmapped
+// chunk that a later partial write provisions again would show, around
+// that write, whatever the disk held (another image's old data): zeros
+// are written instead.
 func (d *Driver) chunkOf(ctx context.Context, lv LV) int64 {
 	if !lv.Thin() {
 		return 0
@@ -47,6 +48,14 @@ func (d *Driver) chunkOf(ctx context.Context, lv LV) int64 {
 	l, err := d.listing(ctx)
 	if err != nil {
 		return 0
+	}
+	if lv.Origin != "" {
+		// An external origin (a thin LV's origin outside its pool, or
+		// not thin): an unmapped chunk reads the origin's bytes, so a
+		// zero write must write zeros.
+		if o, ok := l.lvs[lv.Origin]; !ok || !o.Thin() || o.Pool != lv.Pool {
+			return 0
+		}
 	}
 	if pool, ok := l.lvs[lv.Pool]; ok && pool.Discards != "ignore" && pool.ZeroesNew {
 		return pool.ChunkSize
@@ -113,18 +122,23 @@ func (d *Driver) Allocated(ctx context.Context, name string, f *os.File) ([]volm
 		_, err := d.lvm.Tool(ctx, "dmsetup", "message", poolName, "0", "reserve_metadata_snap")
 		return err
 	}
+	// A pool has one metadata snapshot: "busy" means another reader holds
+	// it (another volfs mount of the VG, a backup tool's thin_delta), or a
+	// volfs killed between its reserve and release left it. Only its
+	// holder may release it (a reader whose snapshot is released reads
+	// freed blocks: wrong mappings), so wait a little for it, then give up
+	// (seeks answer "all data", which is always right) and say what to do.
 	err = reserve()
-	if ce := (*CmdError)(nil); errors.As(err, &ce) && strings.Contains(ce.Stderr, "busy") {
-		// A snapshot is already reserved: by a volfs killed between its
-		// reserve and release (nothing else here holds one long), or by
-		// another tool reading it now, whose read then fails (it must
-		// cope: its answer would be as stale as ours). Left alone, every
-		// mapping of this pool would fail from now on.
-		d.log.Warn("a metadata snapshot of the thin pool was left reserved; releasing it",
-			"pool", poolName, "volume", name)
-		if _, rerr := d.lvm.Tool(ctx, "dmsetup", "message", poolName, "0", "release_metadata_snap"); rerr == nil {
-			err = reserve()
+	for try := 0; try < 3 && isBusy(err); try++ {
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
 		}
+		err = reserve()
+	}
+	if isBusy(err) {
+		err = fmt.Errorf("%w: another reader holds the pool's metadata snapshot; if nothing reads it (a volfs "+
+			"that was killed left it), release it: dmsetup message %s 0 release_metadata_snap", err, poolName)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mapping of %s: reserve a metadata snapshot of pool %s: %w", name, poolName, err)
@@ -346,4 +360,11 @@ func clipExtents(ext []volmap.Extent, size int64) []volmap.Extent {
 		out = append(out, e)
 	}
 	return out
+}
+
+// isBusy reports whether a dmsetup message failed because the pool already
+// has a metadata snapshot.
+func isBusy(err error) bool {
+	ce := (*CmdError)(nil)
+	return errors.As(err, &ce) && strings.Contains(ce.Stderr, "busy")
 }
