@@ -99,15 +99,7 @@ func (e *env) thinPool(name, size string) {
 func (e *env) file(name string, size int, seed byte) string {
 	e.t.Helper()
 	p := filepath.Join(e.base, name)
-	b := make([]byte, size)
-	x := uint32(seed)*2654435761 + 1
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
+	if err := os.WriteFile(p, pseudoRandom(size, seed), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
 	return p

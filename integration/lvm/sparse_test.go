@@ -58,6 +58,22 @@ func (e *env) sparseSource(name string, size int64) (string, []span) {
 	return p, nonZero
 }
 
+// sameBytes fails the test at the first byte where got differs from want;
+// what, if not empty, says what got is.
+func sameBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	for i := range want {
+		if got[i] != want[i] {
+			if what != "" {
+				what = " " + what
+			}
+			t.Fatalf("byte %d%s: %#x, want %#x", i, what, got[i], want[i])
+		}
+	}
+}
+
+// pseudoRandom is n bytes of xorshift32 from seed: the same bytes for a
+// given seed, in every test file.
 func pseudoRandom(n int, seed byte) []byte {
 	b := make([]byte, n)
 	x := uint32(seed)*2654435761 + 1
@@ -269,11 +285,7 @@ func TestSparseZeroing(t *testing.T) {
 			}
 			clear(want[tc.r.off:tc.r.end()])
 			got := fileBytes(t, img, 0, 64*mib)
-			for i := range want {
-				if got[i] != want[i] {
-					t.Fatalf("byte %d: %#x, want %#x", i, got[i], want[i])
-				}
-			}
+			sameBytes(t, "", got, want)
 			// The zeroed range is no longer data (but for the
 			// partial chunks at its ends).
 			for _, d := range mapped(t, img) {
@@ -314,11 +326,7 @@ func TestSparseNoZeroingPool(t *testing.T) {
 	clear(want[4*mib : 8*mib])
 	clear(want[10*mib : 14*mib])
 	got := fileBytes(t, img, 0, 16*mib)
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("byte %d: %#x, want %#x", i, got[i], want[i])
-		}
-	}
+	sameBytes(t, "", got, want)
 }
 
 // A metadata snapshot reserved in the pool by someone else (another
@@ -363,11 +371,7 @@ func TestSparseExternalOriginZeroWrite(t *testing.T) {
 	want := fileBytes(t, e.file("data", 16*mib, 5), 0, 16*mib)
 	clear(want[4*mib : 8*mib])
 	got := fileBytes(t, img, 0, 16*mib)
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("byte %d of a thin LV with an external origin after writing zeros: %#x, want %#x", i, got[i], want[i])
-		}
-	}
+	sameBytes(t, "of a thin LV with an external origin after writing zeros", got, want)
 }
 
 // A file system on an image (through a loop device) gives the space of
