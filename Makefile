@@ -73,11 +73,28 @@ lint:
 	$(GOBIN)/staticcheck ./...
 	shellcheck scripts/*.sh integration/vm/*.sh .ci/run $(wildcard bench/*.sh)
 
-# Each fuzz target for FUZZTIME (make test runs their seed corpora).
+# Each fuzz target for FUZZTIME (make test runs their seed corpora, the
+# f.Add seeds and testdata/fuzz/FuzzXxx/, where a crasher found is kept).
+FUZZ_TARGETS := FuzzTags@meta \
+	FuzzStore@meta \
+	FuzzNames@volmap \
+	FuzzParseLayout@volmap \
+	FuzzReport@volmap/lvm \
+	FuzzIntents@volmap/lvm \
+	FuzzSnapTags@volmap/lvm \
+	FuzzThinDump@volmap/lvm \
+	FuzzTables@volmap/lvm \
+	FuzzRequest@internal/control \
+	FuzzResponse@internal/control \
+	FuzzParse@internal/mountinfo \
+	FuzzParse@internal/proc \
+	FuzzStat@internal/proc \
+	FuzzParsePath@snapshot
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzTags$$' -fuzztime $(FUZZTIME) ./meta/
-	$(GO) test -run '^$$' -fuzz '^FuzzNames$$' -fuzztime $(FUZZTIME) ./volmap/
-	$(GO) test -run '^$$' -fuzz '^FuzzReport$$' -fuzztime $(FUZZTIME) ./volmap/lvm/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "== $${t%%@*} in ./$${t#*@}/"; \
+		$(GO) test -run '^$$' -fuzz "^$${t%%@*}\$$" -fuzztime $(FUZZTIME) ./$${t#*@}/; \
+	done
 
 bench: deps build
 	bench/run.sh

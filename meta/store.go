@@ -65,6 +65,12 @@ func (s *FileStore) Load(id string) (a Attrs, found bool, err error) {
 	if r.ID != id {
 		return a, false, fmt.Errorf("%s belongs to %q, not %q", s.path(id), r.ID, id)
 	}
+	// What DecodeTags refuses in tags is refused here too: mode bits
+	// beyond 07777 would reach the kernel as a file type.
+	if r.Attrs.Mode&^07777 != 0 || r.Attrs.Size < -1 {
+		return a, false, fmt.Errorf("%s: bad attributes (mode %#o, size %d); remove the file to forget them",
+			s.path(id), r.Attrs.Mode, r.Attrs.Size)
+	}
 	return r.Attrs, true, nil
 }
 

@@ -1,6 +1,10 @@
 package mountinfo
 
-import "testing"
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
 
 func TestUnescape(t *testing.T) {
 	for in, want := range map[string]string{
@@ -54,4 +58,38 @@ func TestFindFUSE(t *testing.T) {
 	if m, ok := FindFUSE("/proc"); ok {
 		t.Errorf("FindFUSE(/proc) = %+v: proc is not FUSE", m)
 	}
+}
+
+// mangle escapes a path as the kernel does in /proc/self/mountinfo
+// (fs/proc_namespace.c: space, tab, newline and backslash as \ooo).
+func mangle(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; strings.IndexByte(" \t\n\\", c) >= 0 {
+			fmt.Fprintf(&b, `\%03o`, c)
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// FuzzParse reads arbitrary mountinfo lines without panicking, and finds
+// any mount point and source the kernel can print, with its device number,
+// exactly as they were mounted.
+func FuzzParse(f *testing.F) {
+	f.Add(`612 29 0:93 / /tmp/a\040b rw,nosuid shared:321 - fuse.volfs volfs rw,user_id=0`, "/mnt/a b\\c\n", "vg0", uint32(0), uint32(93))
+	f.Add(`1 2 x / / rw - `, "/\\1234", "", uint32(1<<31), uint32(0))
+	f.Fuzz(func(t *testing.T, line, dir, source string, major, minor uint32) {
+		_, _ = parse(line)
+		_ = Unescape(line)
+		if dir == "" || source == "" || strings.IndexByte(dir+source, 0) >= 0 {
+			return
+		}
+		l := fmt.Sprintf("612 29 %d:%d / %s rw,nosuid shared:1 - fuse.volfs %s rw,user_id=0", major, minor, mangle(dir), mangle(source))
+		want := Mount{Dir: dir, FSType: "fuse.volfs", Source: source, Major: major, Minor: minor}
+		if m, ok := parse(l); !ok || m != want {
+			t.Fatalf("parse(%q) = %+v %v, want %+v", l, m, ok, want)
+		}
+	})
 }

@@ -69,19 +69,27 @@ func stat(pid int) (state byte, start uint64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	s := string(b)
+	state, start, err = parseStat(string(b))
+	if err != nil {
+		return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	return state, start, nil
+}
+
+// parseStat reads the state and start time of a /proc/PID/stat line.
+func parseStat(s string) (state byte, start uint64, err error) {
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return 0, 0, errors.New("no command name")
 	}
 	f := strings.Fields(s[i+1:])
 	// f[0] is field 3 (state), so field 22 is f[19].
 	if len(f) < 20 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f)+2)
+		return 0, 0, fmt.Errorf("%d fields", len(f)+2)
 	}
 	start, err = strconv.ParseUint(f[19], 10, 64)
 	if err != nil || len(f[0]) != 1 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+		return 0, 0, fmt.Errorf("%q", s)
 	}
 	return f[0][0], start, nil
 }

@@ -114,3 +114,40 @@ func TestPlanRecoveryNotOurs(t *testing.T) {
 		t.Errorf("an intent on an LV without this mount's tag: plan %v, want wait", got)
 	}
 }
+
+// FuzzIntents decodes arbitrary replace and rollback intent tags: no
+// panic; a decoded intent is its tag, and encodes to a tag that decodes
+// to the same intent; an intent with a missing field is refused.
+func FuzzIntents(f *testing.F) {
+	for _, s := range []string{
+		"volfs-replace=lpsuZ0-KD0q:b-1:7:123456:web+20disk", "volfs-replace=u:b:7:web", "volfs-replace=u:b:0:1:web",
+		"volfs-replace=u:b:-7:1:web", "volfs-replace=:b:7:1:web", "volfs-replace=u:b:7:1:",
+		"volfs-rollback=b-1:7:1234567:+2Fvolfs-snap-0011223344556677:web+20disk", "volfs-rollback=b:7:1::web",
+		"volfs-rollback=b:+7:01:s:t", "volfs-rollback=b:7:18446744073709551616:s:t",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tag string) {
+		lv := LV{Tags: []string{"volfs.size=1", tag}}
+		if ri, ok := intentOf(lv); ok {
+			if ri.tag != tag || ri.srcUUID == "" || ri.target == "" || ri.owner.Pid <= 0 {
+				t.Fatalf("intentOf(%q) = %+v", tag, ri)
+			}
+			again, ok := intentOf(LV{Tags: []string{ri.encode()}})
+			again.tag = ri.tag
+			if !ok || again != ri {
+				t.Fatalf("%q: %+v, encoded %q: %+v %v", tag, ri, ri.encode(), again, ok)
+			}
+		}
+		if ri, ok := rollbackIntentOf(lv); ok {
+			if ri.tag != tag || ri.snapLV == "" || ri.target == "" || ri.owner.Pid <= 0 {
+				t.Fatalf("rollbackIntentOf(%q) = %+v", tag, ri)
+			}
+			again, ok := rollbackIntentOf(LV{Tags: []string{ri.encode()}})
+			again.tag = ri.tag
+			if !ok || again != ri {
+				t.Fatalf("%q: %+v, encoded %q: %+v %v", tag, ri, ri.encode(), again, ok)
+			}
+		}
+	})
+}

@@ -113,7 +113,9 @@ func (d *Driver) snapOf(lv LV) (origin, name string, ok bool) {
 			name, gotN = string(b), err == nil
 		}
 	}
-	return origin, name, gotO && gotN && origin != "" && name != ""
+	// A name volfs would not give (another tool's tag: "..", a '/') is
+	// no snapshot: listed, it would fail the readdir of its directory.
+	return origin, name, gotO && gotN && origin != "" && CheckSnapshotName(name) == nil
 }
 
 func (d *Driver) snapshot(lv LV, origin, name string) volmap.Snapshot {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -280,8 +281,8 @@ func parseThinDump(r io.Reader, devID uint64) ([]volmap.Extent, error) {
 				if err != nil {
 					return nil, err
 				}
-				if sectors == 0 {
-					return nil, errors.New("thin_dump output: data_block_size 0")
+				if sectors == 0 || sectors > math.MaxInt64/512 {
+					return nil, fmt.Errorf("thin_dump output: data_block_size %d", sectors)
 				}
 				blockSize = sectors * 512
 			case "device":
@@ -310,7 +311,13 @@ func parseThinDump(r io.Reader, devID uint64) ([]volmap.Extent, error) {
 				if err != nil {
 					return nil, err
 				}
-				add(origin*blockSize, n*blockSize)
+				// Blocks past 2^63 bytes would wrap to negative offsets.
+				if limit := math.MaxInt64 / blockSize; origin > limit || n > limit-origin {
+					return nil, fmt.Errorf("thin_dump output: blocks %d+%d are past the largest offset", origin, n)
+				}
+				if n > 0 {
+					add(origin*blockSize, n*blockSize)
+				}
 			}
 		case xml.EndElement:
 			if t.Name.Local == "device" {

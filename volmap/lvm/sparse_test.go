@@ -1,6 +1,9 @@
 package lvm
 
 import (
+	"bytes"
+	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -85,4 +88,49 @@ func TestSortMerge(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("%v, want %v", got, want)
 	}
+}
+
+// FuzzThinDump parses arbitrary thin_dump output: no panic, and what it
+// accepts is what SEEK_DATA may answer: sorted, disjoint, non-adjacent,
+// non-empty extents within the int64 range.
+func FuzzThinDump(f *testing.F) {
+	f.Add([]byte(thinDumpXML), uint64(1))
+	f.Add([]byte(thinDumpXML), uint64(2))
+	f.Add([]byte(`<superblock data_block_size="128"><device dev_id="1"><range_mapping origin_begin="72057594037927935" length="1"/></device></superblock>`), uint64(1))
+	f.Add([]byte(`<superblock data_block_size="128"><device dev_id="1"><range_mapping origin_begin="3" length="0"/></device></superblock>`), uint64(1))
+	f.Fuzz(func(t *testing.T, data []byte, devID uint64) {
+		ext, err := parseThinDump(bytes.NewReader(data), devID)
+		if err != nil {
+			return
+		}
+		for i, e := range ext {
+			if e.Off < 0 || e.Len <= 0 || e.Off > math.MaxInt64-e.Len || i > 0 && e.Off <= ext[i-1].Off+ext[i-1].Len {
+				t.Fatalf("extents %v from %q", ext, data)
+			}
+		}
+	})
+}
+
+// FuzzTables parses arbitrary device-mapper tables (dmsetup table): no
+// panic, and what parses prints back, as dmsetup would, to the same.
+func FuzzTables(f *testing.F) {
+	for _, s := range []string{"0 20971520 thin 253:4 1\n", "0 20971520 thin 253:4 17 253:9\n", "0 8192 linear 8:16 2048\n",
+		"0 4194304 thin-pool 253:1 253:2 128 0 1 error_if_no_space\n", "0 1 thin 4294967296:0 1", "0 1 thin -1:+2 1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, table string) {
+		if tt, ok := parseThinTable(table); ok {
+			again := fmt.Sprintf("0 %s thin %d:%d %d\n", strings.Fields(table)[1], tt.poolDev.major, tt.poolDev.minor, tt.devID)
+			if tt2, ok := parseThinTable(again); !ok || tt2 != tt {
+				t.Fatalf("%q: %v, printed %q: %v %v", table, tt, again, tt2, ok)
+			}
+		}
+		if pt, ok := parsePoolTable(table); ok {
+			fl := strings.Fields(table)
+			fl[3] = fmt.Sprintf("%d:%d", pt.metaDev.major, pt.metaDev.minor)
+			if pt2, ok := parsePoolTable(strings.Join(fl, " ")); !ok || pt2 != pt {
+				t.Fatalf("%q: %v, printed: %v %v", table, pt, pt2, ok)
+			}
+		}
+	})
 }
