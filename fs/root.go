@@ -2,8 +2,10 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -295,10 +297,8 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 			slog.String("volume", name))
 		return nil, nil, 0, syscall.EPERM
 	}
-	if v, ok := r.drv.(volmap.NameChecker); ok {
-		if err := v.CheckName(name); err != nil {
-			return nil, nil, 0, r.toErrno("create", name, err)
-		}
+	if err := r.checkNewName(name); err != nil {
+		return nil, nil, 0, r.toErrno("create", name, err)
 	}
 	if _, err := r.drv.Lookup(ctx, name); err == nil {
 		return nil, nil, 0, syscall.EEXIST
@@ -467,10 +467,8 @@ func (r *Root) rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if reservedName(name) || reservedName(newName) || cloneTemp(name) || cloneTemp(newName) {
 		return syscall.EPERM
 	}
-	if v, ok := r.drv.(volmap.NameChecker); ok {
-		if err := v.CheckName(newName); err != nil {
-			return r.toErrno("rename", newName, err)
-		}
+	if err := r.checkNewName(newName); err != nil {
+		return r.toErrno("rename", newName, err)
 	}
 	r.mu.Lock()
 	p, tp := r.pending[name], r.pending[newName]
@@ -585,3 +583,24 @@ func (r *Root) rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 }
 
 const unixRenameNoReplace = 1 // RENAME_NOREPLACE
+
+// nameMax is the longest file name (NAME_MAX), as statfs announces: FUSE
+// passes names of up to 1024 bytes, and a driver may take them.
+const nameMax = 255
+
+// checkNewName says why name cannot be given to a file (created, renamed
+// to, cloned to), or nil: what no file name may be (empty, "." or "..",
+// a '/' or NUL, which only a control request can send), longer than
+// nameMax, or what the driver refuses.
+func (r *Root) checkNewName(name string) error {
+	switch {
+	case name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
+		return fmt.Errorf("%w: %q is not a file name", volmap.ErrInvalidName, name)
+	case len(name) > nameMax:
+		return fmt.Errorf("%w: %q is %d bytes, the limit is %d", volmap.ErrNameTooLong, name, len(name), nameMax)
+	}
+	if v, ok := r.drv.(volmap.NameChecker); ok {
+		return v.CheckName(name)
+	}
+	return nil
+}

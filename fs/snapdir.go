@@ -226,8 +226,11 @@ func (r *Root) Clone(ctx context.Context, image, snap, dst string, progress func
 	if r.readOnly {
 		return volmap.Volume{}, r.opError("clone", dst, fmt.Errorf("clone to %s: the mount is read-only: %w", dst, volmap.ErrReadOnly))
 	}
-	if reservedName(dst) {
+	if reservedName(dst) || cloneTemp(dst) {
 		return volmap.Volume{}, r.opError("clone", dst, fmt.Errorf("clone to %s: the name is reserved: %w", dst, volmap.ErrInvalidName))
+	}
+	if err := r.checkNewName(dst); err != nil {
+		return volmap.Volume{}, r.opError("clone", dst, fmt.Errorf("clone to %q: %w", dst, err))
 	}
 	ctx, cancel := context.WithTimeout(ctx, snapTimeout)
 	defer cancel()

@@ -19,6 +19,9 @@ var volfsBin string
 var tmpRoot string
 
 func TestMain(m *testing.M) {
+	if os.Getenv(clientEnv) != "" {
+		os.Exit(clientCall(os.Args[1:]))
+	}
 	os.Exit(run(m))
 }
 

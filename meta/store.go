@@ -2,14 +2,17 @@ package meta
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
+	"unicode/utf8"
 )
 
 // FileStore keeps Attrs in one small JSON file per volume identity under a
@@ -42,6 +45,55 @@ func (s *FileStore) Dir() string { return s.dir }
 type record struct {
 	ID    string `json:"id"`
 	Attrs Attrs  `json:"attrs"`
+	// A JSON string holds only UTF-8 (encoding/json replaces other bytes),
+	// and an identity or an xattr name may be any bytes: RawID is the
+	// identity when it is not UTF-8, RawXattrs the xattrs whose names are
+	// not, keyed by their base64.
+	RawID     []byte            `json:"raw_id,omitempty"`
+	RawXattrs map[string][]byte `json:"raw_xattrs,omitempty"`
+}
+
+// newRecord is the record of id's attributes a.
+func newRecord(id string, a Attrs) record {
+	r := record{ID: id, Attrs: a}
+	if !utf8.ValidString(id) {
+		r.RawID = []byte(id)
+	}
+	for k, v := range a.Xattrs {
+		if utf8.ValidString(k) {
+			continue
+		}
+		if r.RawXattrs == nil {
+			r.Attrs.Xattrs = maps.Clone(a.Xattrs)
+			r.RawXattrs = map[string][]byte{}
+		}
+		delete(r.Attrs.Xattrs, k)
+		r.RawXattrs[base64.StdEncoding.EncodeToString([]byte(k))] = v
+	}
+	return r
+}
+
+// decode returns the identity and attributes of a record that newRecord
+// made.
+func (r record) decode() (string, Attrs, error) {
+	id, a := r.ID, r.Attrs
+	if r.RawID != nil {
+		id = string(r.RawID)
+	}
+	if len(r.RawXattrs) > 0 {
+		a.Xattrs = maps.Clone(a.Xattrs)
+		if a.Xattrs == nil {
+			a.Xattrs = map[string][]byte{}
+		}
+		for k, v := range r.RawXattrs {
+			name, err := base64.StdEncoding.DecodeString(k)
+			if err != nil {
+				return id, a, fmt.Errorf("bad xattr name %q: %w", k, err)
+			}
+			a.Xattrs[string(name)] = v
+		}
+	}
+	return id, a, nil
 }
 
 func (s *FileStore) path(id string) string {
@@ -62,23 +114,27 @@ func (s *FileStore) Load(id string) (a Attrs, found bool, err error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return a, false, fmt.Errorf("%s: %w", s.path(id), err)
 	}
-	if r.ID != id {
-		return a, false, fmt.Errorf("%s belongs to %q, not %q", s.path(id), r.ID, id)
+	rid, ra, err := r.decode()
+	if err != nil {
+		return a, false, fmt.Errorf("%s: %w", s.path(id), err)
+	}
+	if rid != id {
+		return a, false, fmt.Errorf("%s belongs to %q, not %q", s.path(id), rid, id)
 	}
 	// What DecodeTags refuses in tags is refused here too: mode bits
 	// beyond 07777 would reach the kernel as a file type.
-	if r.Attrs.Mode&^07777 != 0 || r.Attrs.Size < -1 {
+	if ra.Mode&^07777 != 0 || ra.Size < -1 {
 		return a, false, fmt.Errorf("%s: bad attributes (mode %#o, size %d); remove the file to forget them",
-			s.path(id), r.Attrs.Mode, r.Attrs.Size)
+			s.path(id), ra.Mode, ra.Size)
 	}
-	return r.Attrs, true, nil
+	return ra, true, nil
 }
 
 // Save stores a for id atomically.
 func (s *FileStore) Save(id string, a Attrs) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	b, err := json.Marshal(record{ID: id, Attrs: a})
+	b, err := json.Marshal(newRecord(id, a))
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package meta
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,14 +129,14 @@ func FuzzStore(f *testing.F) {
 		} else if err == nil {
 			t.Fatalf("Load of an existing file found nothing")
 		}
-		a := Attrs{ID: xn, Mode: mode & 07777, Size: max(size, -1), Mtime: time.Unix(sec%(1<<35), sec%1e9).UTC()}
+		a := Attrs{ID: fmt.Sprintf("%x", xn), Mode: mode & 07777, Size: max(size, -1), Mtime: time.Unix(sec%(1<<35), sec%1e9).UTC()}
 		if xn != "" {
 			a.Xattrs = map[string][]byte{xn: xv}
 		}
-		if err := s.Save("dev:2", a); err != nil {
+		if err := s.Save(xn, a); err != nil {
 			t.Fatal(err)
 		}
-		if b, found, err := s.Load("dev:2"); err != nil || !found || !b.Equal(a) {
+		if b, found, err := s.Load(xn); err != nil || !found || !b.Equal(a) {
 			t.Fatalf("round trip: %+v != %+v (%v %v)", b, a, found, err)
 		}
 	})

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -79,6 +78,15 @@ func resolveMount(arg string) (string, error) {
 	return mnt, nil
 }
 
+// needRoot refuses a command that only root can do, up front, rather than
+// with the bare errno of the first step that fails.
+func needRoot(cmd, why string) error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("volfs %s must run as root: %s", cmd, why)
+	}
+	return nil
+}
+
 // callServer asks the server of mnt for op, explaining the usual failures.
 func callServer(ctx context.Context, mnt, op string, result any) error {
 	err := control.Call(ctx, mnt, op, nil, result, nil)
@@ -88,8 +96,6 @@ func callServer(ctx context.Context, mnt, op string, result any) error {
 	case errors.Is(err, control.ErrNoServer):
 		return fmt.Errorf("%w (a volfs server started before volfs %s has no control socket; remount to use %s)",
 			err, op, op)
-	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		return fmt.Errorf("%w: volfs %s must run as root", err, op)
 	case errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("the server of %s did not answer in time: %w", mnt, err)
 	}

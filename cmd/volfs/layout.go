@@ -51,6 +51,9 @@ Needs root, as every trusted.* attribute.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := needRoot("layout", "the layout is the trusted.volfs.layout attribute"); err != nil {
+				return err
+			}
 			t, err := imageTarget(args[0])
 			if err != nil {
 				return err

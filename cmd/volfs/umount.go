@@ -91,6 +91,9 @@ func (c *umountCmd) find(mountpoint string, deadline time.Time) (string, mountin
 }
 
 func (c *umountCmd) run(mountpoint string) error {
+	if err := needRoot("umount", "it unmounts and stops the server"); err != nil {
+		return err
+	}
 	deadline := time.Now().Add(c.timeout)
 	mnt, m, mounted, err := c.find(mountpoint, deadline)
 	if err != nil {

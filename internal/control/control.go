@@ -243,6 +243,9 @@ func callPath(ctx context.Context, path, mnt, op string, args any, result any, p
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%s: %w", mnt, ErrNoServer)
 		}
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("control socket of %s: %w: it serves root only; run volfs as root", mnt, err)
+		}
 		return fmt.Errorf("control socket of %s: %w", mnt, err)
 	}
 	defer c.Close()
