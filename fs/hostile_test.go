@@ -82,7 +82,7 @@ func TestHostileNames(t *testing.T) {
 		)
 	}
 	// Nothing but image files: no directories, links, devices, fifos.
-	for _, c := range []hostileCase{
+	cases = append(cases, []hostileCase{
 		{"mkdir", syscall.EPERM, func() error { return os.Mkdir(m.path("d"), 0o755) }},
 		{"symlink", syscall.EPERM, func() error { return os.Symlink("keep", m.path("s")) }},
 		{"link", syscall.EPERM, func() error { return os.Link(keep, m.path("l")) }},
@@ -92,9 +92,7 @@ func TestHostileNames(t *testing.T) {
 		{"exchange", syscall.EINVAL, func() error {
 			return unix.Renameat2(unix.AT_FDCWD, keep, unix.AT_FDCWD, m.path("other"), unix.RENAME_EXCHANGE)
 		}},
-	} {
-		cases = append(cases, c)
-	}
+	}...)
 	refuseAll(t, m.dir, cases)
 
 	// Names a file system allows, LVM's reserved ones and hidden-name

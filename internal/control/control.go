@@ -292,8 +292,12 @@ func callPath(ctx context.Context, path, mnt, op string, args any, result any, p
 	}
 }
 
-// errnoValue is the errno whose name (unix.ErrnoName) is name, or 0.
+// errnoValue is the errno whose name (unix.ErrnoName) is name, or 0 (for
+// "" too, the name of numbers that have none).
 func errnoValue(name string) syscall.Errno {
+	if name == "" {
+		return 0
+	}
 	for e := syscall.Errno(1); e < 256; e++ {
 		if unix.ErrnoName(e) == name {
 			return e
