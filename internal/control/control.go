@@ -244,7 +244,7 @@ func callPath(ctx context.Context, path, mnt, op string, args any, result any, p
 			return fmt.Errorf("%s: %w", mnt, ErrNoServer)
 		}
 		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("control socket of %s: %w: it serves root only; run volfs as root", mnt, err)
+			return fmt.Errorf("control socket of %s: %w: the control socket serves root only: volfs must run as root", mnt, err)
 		}
 		return fmt.Errorf("control socket of %s: %w", mnt, err)
 	}

@@ -9,7 +9,6 @@
 package holders
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -67,15 +66,11 @@ func Find(dev string, self bool) ([]string, error) {
 		}
 	}
 
-	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			fields := strings.Fields(sc.Text())
-			if len(fields) > 4 && fields[2] == majmin {
-				who = append(who, "mounted at "+mountinfo.Unescape(fields[4]))
-			}
+	mounts, _ := mountinfo.All()
+	for _, m := range mounts {
+		if fmt.Sprintf("%d:%d", m.Major, m.Minor) == majmin {
+			who = append(who, "mounted at "+m.Dir)
 		}
-		f.Close()
 	}
 
 	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")

@@ -56,8 +56,13 @@ func FindFUSE(dir string) (Mount, bool) {
 	return found, ok
 }
 
+// fields splits a mountinfo line: the kernel separates its fields with one
+// space and escapes only space, tab, newline and backslash in paths, so a
+// path may hold any other white space (strings.Fields would split there).
+func fields(line string) []string { return strings.Split(line, " ") }
+
 func parse(line string) (Mount, bool) {
-	fields := strings.Fields(line)
+	fields := fields(line)
 	if len(fields) < 10 {
 		return Mount{}, false
 	}

@@ -19,7 +19,7 @@ func MountPoint(dir string) (bool, string) {
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		fields := strings.Fields(s.Text())
+		fields := fields(s.Text())
 		if len(fields) < 10 || Unescape(fields[4]) != dir {
 			continue
 		}
