@@ -70,8 +70,9 @@ func parse(line string) (Mount, bool) {
 	if _, err := fmt.Sscanf(fields[2], "%d:%d", &m.Major, &m.Minor); err != nil {
 		return Mount{}, false
 	}
-	for i, fl := range fields {
-		if fl == "-" && i+2 < len(fields) {
+	// The optional fields, ended by "-", start at the 7th.
+	for i := 6; i+2 < len(fields); i++ {
+		if fields[i] == "-" {
 			m.FSType, m.Source = fields[i+1], Unescape(fields[i+2])
 			return m, true
 		}

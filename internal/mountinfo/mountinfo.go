@@ -23,8 +23,8 @@ func MountPoint(dir string) (bool, string) {
 		if len(fields) < 10 || Unescape(fields[4]) != dir {
 			continue
 		}
-		for i, fl := range fields {
-			if fl == "-" && i+1 < len(fields) {
+		for i := 6; i+1 < len(fields); i++ { // the optional fields, ended by "-"
+			if fields[i] == "-" {
 				return true, fields[i+1]
 			}
 		}
