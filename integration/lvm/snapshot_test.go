@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // volfs runs the binary under test.
@@ -126,6 +128,44 @@ func TestSnapshots(t *testing.T) {
 		}
 		if err := os.Rename(img, m.path(".snapshots")); err == nil {
 			t.Error("rename to .snapshots succeeded")
+		}
+	})
+
+	// Another tool tags a snapshot LV with a name volfs never gives ("a/b",
+	// ".."): it is not listed (a '/' in a name fails the kernel's whole
+	// readdir with EIO), the real snapshot still is.
+	t.Run("ForeignSnapshotNames", func(t *testing.T) {
+		sh(t, "cp", dataA, m.path("fsn"))
+		mustVolfs(t, "snapshot", "create", m.path("fsn"), "good")
+		ls := e.snapLVs("good")
+		if len(ls) != 1 {
+			t.Fatalf("snapshot LVs: %+v", ls)
+		}
+		for i, bad := range []string{"a/b", ".."} {
+			args := []string{"lvcreate", "-q", "-s", "-n", fmt.Sprintf("+2Fvolfs-snap-ffffffffffff000%d", i),
+				"--addtag", "volfs.snap.name=" + base64.RawURLEncoding.EncodeToString([]byte(bad))}
+			for _, tag := range ls[0].Tags {
+				if !strings.HasPrefix(tag, "volfs.snap.name=") {
+					args = append(args, "--addtag", tag)
+				}
+			}
+			sh(t, args[0], append(args[1:], e.vg+"/fsn")...)
+		}
+		dir := m.path(".snapshots/fsn")
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ents, err := os.ReadDir(dir)
+			got := make([]string, len(ents))
+			for i, en := range ents {
+				got[i] = en.Name()
+			}
+			if err == nil && equal(got, []string{"good"}) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("readdir %s: %q %v, want only good", dir, got, err)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 	})
 
