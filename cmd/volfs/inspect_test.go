@@ -105,6 +105,11 @@ func TestMetadataFullWarnings(t *testing.T) {
 	if len(w) != 1 || !strings.Contains(w[0], "needs a repair") || !strings.Contains(w[0], "lvconvert --repair vg0/pool") {
 		t.Errorf("warnings of a pool that needs a check = %q", w)
 	}
+	st.Pools[1].Health = "failed"
+	w = fillWarnings(st, 101)
+	if len(w) != 2 || !strings.Contains(w[1], "thin pool vg0/pool has failed") {
+		t.Errorf("warnings of a failed pool = %q", w)
+	}
 }
 
 func TestDegradedWarnings(t *testing.T) {
