@@ -688,7 +688,7 @@ func TestFaultThinMetadataFull(t *testing.T) {
 	sh(t, "lvcreate", "-q", "--type", "thin-pool", "-L", "1280m", "--poolmetadatasize", "2m", "-c", "64k", "-Zn",
 		"-n", "pool", e.vg)
 	sh(t, "lvcreate", "-q", "-V", "2g", "-T", e.vg+"/pool", "-n", "img")
-	sh(t, "lvcreate", "-q", "-L", "8m", "-n", "lin", e.vg)
+	sh(t, "lvcreate", "-q", "-L", "4m", "-n", "lin", e.vg)
 	// 16384 chunks of img mapped from 64 MiB on, 4 KiB each (-Zn: the
 	// rest is not zeroed): about 66 leaves of img's mapping tree (a leaf
 	// holds at most 254 mappings).
@@ -700,8 +700,10 @@ func TestFaultThinMetadataFull(t *testing.T) {
 	t.Logf("%v: metadata after mapping %d chunks: %s%%", time.Since(t0).Round(time.Second), chunks, meta)
 
 	m := e.mount("--thin-pool", "pool")
+	t.Logf("%v: mounted", time.Since(t0).Round(time.Second))
 	keep, lin, first := e.file("keep", 4*mib, 7), e.file("lin", 4*mib, 8), e.file("first", 4*mib, 9)
 	sh(t, "cp", keep, m.path("keep"))
+	t.Logf("%v: keep copied", time.Since(t0).Round(time.Second))
 	fill(t, lin, m.path("lin"))
 	fill(t, first, m.path("img"))
 	// Snapshots of img (an administrator's backups), taken while LVM
