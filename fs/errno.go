@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"syscall"
 
 	"github.com/volfs/volfs/volmap"
@@ -68,8 +69,11 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 	default:
 		e = syscall.EIO
 	}
-	if e == syscall.ENOSPC && writeOps[op] {
+	switch {
+	case e == syscall.ENOSPC && writeOps[op]:
 		r.noSpace(name)
+	case e == syscall.EIO && (writeOps[op] || strings.Contains(op, "flush") || op == "fsync"):
+		r.poolIOError(name)
 	}
 	if e != syscall.ENOENT {
 		r.log.Warn(op+" failed", slog.String("volume", name), slog.String("errno", e.Error()), slog.Any("err", err))

@@ -71,6 +71,9 @@ type Root struct {
 	// noSpaceAt is when a write failing with ENOSPC last logged its pool
 	// (nospace.go), in Unix nanoseconds.
 	noSpaceAt atomic.Int64
+	// poolIOAt is the same for a write or flush failing with EIO on a
+	// thin pool out of metadata space.
+	poolIOAt atomic.Int64
 }
 
 func (r *Root) registerOpen(n *Image) {

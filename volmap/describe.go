@@ -49,6 +49,20 @@ type Pool struct {
 	// pool).
 	DataPercent     float64 `json:"data_percent"`
 	MetadataPercent float64 `json:"metadata_percent"`
+	// Health is a thin pool's state as LVM reports it (lv_health_status):
+	// "" when healthy, "out_of_data", "metadata_read_only" (out of
+	// metadata space, or read-only after a metadata error) or "failed".
+	Health string `json:"health,omitempty"`
+	// NeedsCheck says the pool's metadata must be repaired (lvconvert
+	// --repair, with the pool inactive) before it allocates again.
+	NeedsCheck bool `json:"needs_check,omitempty"`
+}
+
+// MetadataFull reports whether a thin pool has stopped allocating for lack
+// of metadata space (dm-thin's out-of-metadata-space mode: lvextend
+// --poolmetadatasize brings it back online) or after a metadata error.
+func (p *Pool) MetadataFull() bool {
+	return p.Kind == "thin-pool" && (p.Health == "metadata_read_only" || p.NeedsCheck || p.MetadataPercent >= 100)
 }
 
 // PoolReporter is implemented by drivers that can report their pools: for

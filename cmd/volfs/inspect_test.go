@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,28 @@ func TestStatusOutput(t *testing.T) {
 	var b bytes.Buffer
 	printStatus(&b, &r)
 	checkGolden(t, "status.golden", b.Bytes())
+}
+
+// A thin pool out of metadata space says so, and how to bring it back,
+// whatever the warning threshold; one that needs a repair says that.
+func TestMetadataFullWarnings(t *testing.T) {
+	st := sampleStatus()
+	st.Pools[1].MetadataPercent, st.Pools[1].Health = 100, "metadata_read_only"
+	w := fillWarnings(st, 101)
+	if len(w) != 1 || !strings.Contains(w[0], "thin pool vg0/pool metadata is full") ||
+		!strings.Contains(w[0], "lvextend --poolmetadatasize +SIZE vg0/pool") {
+		t.Errorf("warnings of a pool out of metadata = %q", w)
+	}
+	st.Pools[1].NeedsCheck = true
+	w = fillWarnings(st, 101)
+	if len(w) != 1 || !strings.Contains(w[0], "needs a repair") || !strings.Contains(w[0], "lvconvert --repair vg0/pool") {
+		t.Errorf("warnings of a pool that needs a check = %q", w)
+	}
+	st.Pools[1].Health = "failed"
+	w = fillWarnings(st, 101)
+	if len(w) != 2 || !strings.Contains(w[1], "thin pool vg0/pool has failed") {
+		t.Errorf("warnings of a failed pool = %q", w)
+	}
 }
 
 func TestDegradedWarnings(t *testing.T) {

@@ -102,9 +102,20 @@ func fillWarnings(st *volfs.Status, threshold float64) []string {
 			w = append(w, fmt.Sprintf("thin pool %s data is %.1f%% full (above %g%%): extend it (lvextend -L+SIZE %s) or remove volumes before writes fail",
 				p.Name, p.DataPercent, threshold, p.Name))
 		}
-		if p.MetadataPercent > threshold {
+		switch {
+		case p.NeedsCheck:
+			w = append(w, fmt.Sprintf("thin pool %s metadata needs a repair and the pool is read-only (%s): close its images (or unmount), then lvchange -an %s; lvconvert --repair %s; lvchange -ay %s",
+				p.Name, cmp.Or(p.Health, "check needed"), p.Name, p.Name, p.Name))
+		case p.MetadataFull():
+			w = append(w, fmt.Sprintf("thin pool %s metadata is full (%.1f%%, %s): writes that need a new block fail with EIO; extend it (lvextend --poolmetadatasize +SIZE %s), no remount needed",
+				p.Name, p.MetadataPercent, cmp.Or(p.Health, "full"), p.Name))
+		case p.MetadataPercent > threshold:
 			w = append(w, fmt.Sprintf("thin pool %s metadata is %.1f%% full (above %g%%): extend it (lvextend --poolmetadatasize +SIZE %s) before the pool fails",
 				p.Name, p.MetadataPercent, threshold, p.Name))
+		}
+		if p.Health == "failed" {
+			w = append(w, fmt.Sprintf("thin pool %s has failed: its images fail every I/O; see the kernel log (dmesg) and lvconvert --repair %s",
+				p.Name, p.Name))
 		}
 	}
 	return w

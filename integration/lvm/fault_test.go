@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -439,4 +441,385 @@ func TestFaultSlowPV(t *testing.T) {
 	m.start()
 	sameDataPrefix(t, m.path("slow"), srcS, 2*mib)
 	sameDataPrefix(t, m.path("fast"), srcF, 4*mib)
+}
+
+// flakey is a disk that works for up seconds, then fails for down seconds,
+// over and over (dm-flakey, counted from the table's load). Without
+// features every read and write of a down period fails; "error_writes"
+// fails only the writes. The first MiB (PV label and LVM metadata) stays
+// reliable, as in slow: the fault is the data's, not lvm's.
+func (d *dmDev) flakey(up, down int, features ...string) string {
+	const meta = 2048
+	t := fmt.Sprintf("0 %d linear %s %d\n%d %d flakey %s %d %d %d",
+		meta, d.disk, d.start, meta, d.sectors-meta, d.disk, d.start+meta, up, down)
+	if len(features) > 0 {
+		t += fmt.Sprintf(" %d %s", len(features), strings.Join(features, " "))
+	}
+	return t
+}
+
+// A PV that fails intermittently (dm-flakey, 1 s up, 1 s down; first every
+// I/O of a down period fails, then only writes): a client writes 256 KiB
+// blocks of a file on it with fsync after each, through one handle, and
+// reads others back. Every failure is EIO; a read never returns other
+// bytes than the last acknowledged write; every block whose write and
+// fsync succeeded is on the LV (read past every cache) when the PV is
+// healthy again. The file on the other PV takes the same load with no
+// error, the server stays up, the log names the volume, and after the
+// linear table is back the same handle and new opens work, no remount.
+// (dm-flakey's drop_writes, a disk that acknowledges writes it drops, is
+// not tested: no layer above the disk can tell.)
+func TestFaultFlakeyPV(t *testing.T) {
+	if out, err := try("modprobe", "dm-flakey"); err != nil {
+		t.Skipf("dm-flakey: %v: %s", err, out)
+	}
+	const blocks, bs = 8, 256 * kib
+	e, pvs := newFaultVG(t, 2, 256*mib)
+	sh(t, "lvcreate", "-q", "-L", "16m", "-n", "a", e.vg, pvs[0].path())
+	sh(t, "lvcreate", "-q", "-L", "16m", "-n", "b", e.vg, pvs[1].path())
+	m := e.mount()
+	pid := m.serverPid()
+	block := func(seed int) []byte { return pseudoRandom(bs, byte(seed)) }
+	// want[i] is block i's acknowledged bytes; nil after a failed write
+	// or fsync (old, new or a mix of both).
+	want := make([][]byte, blocks)
+	open := func(name string) *os.File {
+		f, err := os.OpenFile(m.path(name), os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	a, b := open("a"), open("b")
+	for i := range blocks {
+		want[i] = block(i)
+		if _, err := a.WriteAt(want[i], int64(i)*bs); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.WriteAt(want[i], int64(i)*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	wantB := slices.Clone(want)
+
+	faulted := false
+	t.Cleanup(func() {
+		if faulted {
+			pvs[0].load(pvs[0].linear())
+		}
+	})
+	seed := blocks
+	for _, phase := range []struct {
+		features  []string
+		readsFail bool
+	}{{nil, true}, {[]string{"error_writes"}, false}} {
+		pvs[0].load(pvs[0].flakey(1, 1, phase.features...))
+		faulted = true
+		var okW, eioW, okR, eioR int
+		// Until each outcome came (and at least 8 rounds), at most a
+		// minute: a round takes from a fraction of a second to seconds
+		// under TCG on a loaded host.
+		start, rounds := time.Now(), 0
+		var slowest [3]time.Duration // a's write+fsync, the round up to a's read, a's read
+		for ; rounds < 8 || !(okW > 0 && eioW > 0 && (eioR > 0 || !phase.readsFail)); rounds, seed = rounds+1, seed+1 {
+			if time.Since(start) > time.Minute {
+				break
+			}
+			i := seed % blocks
+			data := block(seed)
+			s := time.Now()
+			_, err := a.WriteAt(data, int64(i)*bs)
+			if err == nil {
+				err = a.Sync()
+			}
+			slowest[0] = max(slowest[0], time.Since(s))
+			switch {
+			case err == nil:
+				want[i] = data
+				okW++
+			case isErrno(err, syscall.EIO):
+				want[i] = nil
+				eioW++
+			default:
+				t.Fatalf("write of block %d of a on the flakey PV: %v, want EIO or success", i, err)
+			}
+			// The file on the healthy PV: no error, right bytes.
+			if _, err := b.WriteAt(data, int64(i)*bs); err != nil {
+				t.Fatalf("write to b (healthy PV) while a's PV is flakey: %v", err)
+			}
+			if err := b.Sync(); err != nil {
+				t.Fatalf("fsync of b (healthy PV) while a's PV is flakey: %v", err)
+			}
+			wantB[i] = data
+			j := (seed + blocks/2) % blocks
+			got := make([]byte, bs)
+			if _, err := b.ReadAt(got, int64(j)*bs); err != nil || !bytes.Equal(got, wantB[j]) {
+				t.Fatalf("read of block %d of b (healthy PV) while a's PV is flakey: %v (bytes equal: %v)",
+					j, err, bytes.Equal(got, wantB[j]))
+			}
+			slowest[1] = max(slowest[1], time.Since(s))
+			s = time.Now()
+			_, err = a.ReadAt(got, int64(j)*bs)
+			slowest[2] = max(slowest[2], time.Since(s))
+			switch {
+			case err == nil:
+				okR++
+				if want[j] != nil && !bytes.Equal(got, want[j]) {
+					t.Fatalf("read of block %d of a on the flakey PV succeeded with other bytes than its acknowledged write", j)
+				}
+			case isErrno(err, syscall.EIO):
+				eioR++
+				if !phase.readsFail {
+					t.Errorf("read of block %d of a failed with only writes failing (%v)", j, phase.features)
+				}
+			default:
+				t.Fatalf("read of block %d of a on the flakey PV: %v, want EIO or success", j, err)
+			}
+		}
+		t.Logf("flakey %v: %d rounds in %v: writes+fsync %d ok, %d EIO; reads %d ok, %d EIO; slowest %v", phase.features,
+			rounds, time.Since(start).Round(time.Millisecond), okW, eioW, okR, eioR, slowest)
+		if okW == 0 || eioW == 0 || phase.readsFail && eioR == 0 {
+			t.Errorf("flakey %v: the fault did not come and go (writes %d ok, %d EIO; reads %d EIO)",
+				phase.features, okW, eioW, eioR)
+		}
+		pvs[0].load(pvs[0].linear())
+		faulted = false
+		// Every acknowledged block is on the LV, past the caches.
+		dev := filepath.Join(e.base, "a.dev")
+		sh(t, "dd", "if="+e.devPath("a"), "of="+dev, "bs="+strconv.Itoa(bs), "count="+strconv.Itoa(blocks), "iflag=direct", "status=none")
+		onDisk := fileBytes(t, dev, 0, blocks*bs)
+		for i, w := range want {
+			if w != nil && !bytes.Equal(onDisk[i*bs:(i+1)*bs], w) {
+				t.Errorf("flakey %v: block %d of a was written and fsynced without error, but the LV holds other bytes",
+					phase.features, i)
+			}
+		}
+	}
+	if gone(pid) || !mounted(m.dir) {
+		t.Fatal("the server died on a flakey PV")
+	}
+	if !m.logHas("failed", "volume=a", "input/output error") {
+		t.Errorf("the server log does not name volume a with the I/O error:\n%s", m.logText())
+	}
+	if m.logHas("failed", "volume=b") {
+		t.Errorf("the server logged an error for b, on the healthy PV:\n%s", m.logText())
+	}
+	// Healthy again: the same handle, then a new open, no remount.
+	for i := range blocks {
+		want[i] = block(seed + i)
+		if _, err := a.WriteAt(want[i], int64(i)*bs); err != nil {
+			t.Fatalf("write of block %d of a through the held handle after the fault: %v", i, err)
+		}
+	}
+	if err := a.Sync(); err != nil {
+		// A write-back error of the fault may come back once more.
+		t.Logf("first fsync of the held handle after the fault: %v", err)
+		if err := a.Sync(); err != nil {
+			t.Errorf("fsync of the held handle after the fault: %v", err)
+		}
+	}
+	got := fileBytes(t, m.path("a"), 0, blocks*bs)
+	for i := range blocks {
+		if !bytes.Equal(got[i*bs:(i+1)*bs], want[i]) {
+			t.Errorf("block %d of a (new open) after the fault is not what the held handle wrote", i)
+		}
+	}
+	if !bytes.Equal(fileBytes(t, m.path("b"), 0, blocks*bs), bytes.Join(wantB, nil)) {
+		t.Error("b (healthy PV) does not hold its acknowledged writes")
+	}
+	if gone(pid) {
+		t.Fatal("the server died")
+	}
+}
+
+// poolHealth is a thin pool's metadata fill, lv_health_status ("" when
+// healthy, "metadata_read_only", "out_of_data", "failed") and
+// lv_check_needed.
+func (e *env) poolHealth(pool string) (meta, health, check string) {
+	e.t.Helper()
+	out := sh(e.t, "lvs", "--noheadings", "--separator", ";", "-o", "metadata_percent,lv_health_status,lv_check_needed",
+		e.vg+"/"+pool)
+	f := strings.Split(strings.TrimSpace(out), ";")
+	if len(f) != 3 {
+		e.t.Fatalf("lvs of %s/%s: %q", e.vg, pool, out)
+	}
+	return strings.TrimSpace(f[0]), f[1], f[2]
+}
+
+// poolMetaFree is how many metadata blocks the thin pool can still
+// allocate before it stops (dm status: used/total, used counting
+// dm-thin's reserve).
+func (e *env) poolMetaFree(pool string) int {
+	e.t.Helper()
+	out := sh(e.t, "dmsetup", "status", e.vg+"-"+pool+"-tpool")
+	f := strings.Fields(out)
+	var used, total int
+	if len(f) < 5 || f[2] != "thin-pool" {
+		e.t.Fatalf("dmsetup status of %s/%s: %q", e.vg, pool, out)
+	}
+	if _, err := fmt.Sscanf(f[4], "%d/%d", &used, &total); err != nil {
+		e.t.Fatalf("dmsetup status of %s/%s: %q: %v", e.vg, pool, out, err)
+	}
+	return total - used
+}
+
+// A thin pool whose metadata fills (LVM's smallest metadata LV, 2 MiB,
+// and snapshots of an image being written: the common way there): dm-thin
+// stops allocating at once (out-of-metadata-space mode, which the pool's
+// when-full policy does not change), so the write that needs a new block
+// fails with EIO within seconds, not queued, while writes to blocks an
+// image owns still work. The other thin image, a linear image and the
+// bytes written before are intact; the log and
+// `volfs status` say the pool's metadata is full and what to do; after
+// `lvextend --poolmetadatasize` the same handle writes again, no remount.
+func TestFaultThinMetadataFull(t *testing.T) {
+	e := newVG(t)
+	t0 := time.Now()
+	// 1 MiB extents: the metadata LV is 2 MiB, 512 blocks of 4 KiB, of
+	// which dm-thin keeps 10% in reserve.
+	sh(t, "vgchange", "-q", "-s", "1m", e.vg)
+	sh(t, "lvcreate", "-q", "--type", "thin-pool", "-L", "1280m", "--poolmetadatasize", "2m", "-c", "64k", "-Zn",
+		"-n", "pool", e.vg)
+	sh(t, "lvcreate", "-q", "-V", "2g", "-T", e.vg+"/pool", "-n", "img")
+	sh(t, "lvcreate", "-q", "-L", "4m", "-n", "lin", e.vg)
+	// 16384 chunks of img mapped from 64 MiB on, 4 KiB each (-Zn: the
+	// rest is not zeroed): about 66 leaves of img's mapping tree (a leaf
+	// holds at most 254 mappings).
+	const base, chunk, chunks, leaf = 64 * mib, 64 * kib, 16384, 256 * 64 * kib
+	sh(t, "fio", "--name=prefill", "--filename="+e.devPath("img"), "--offset="+strconv.Itoa(base),
+		"--size="+strconv.Itoa(chunks*chunk), "--rw=write:60k", "--bs=4k", "--direct=1", "--ioengine=libaio",
+		"--iodepth=32", "--output-format=terse")
+	meta, _, _ := e.poolHealth("pool")
+	t.Logf("%v: metadata after mapping %d chunks: %s%%", time.Since(t0).Round(time.Second), chunks, meta)
+
+	m := e.mount("--thin-pool", "pool")
+	t.Logf("%v: mounted", time.Since(t0).Round(time.Second))
+	keep, lin, first := e.file("keep", 4*mib, 7), e.file("lin", 4*mib, 8), e.file("first", 4*mib, 9)
+	sh(t, "cp", keep, m.path("keep"))
+	t.Logf("%v: keep copied", time.Since(t0).Round(time.Second))
+	fill(t, lin, m.path("lin"))
+	fill(t, first, m.path("img"))
+	// Snapshots of img (an administrator's backups), taken while LVM
+	// still creates thin volumes (it refuses above 75% metadata), then
+	// one 64 KiB write per leaf into one snapshot after the other: each
+	// write makes the snapshot copy a leaf, one metadata block (and the
+	// shared blocks' reference counts grow), until about 40 blocks are
+	// left. Direct writes to the LVs: other tools' images in the pool.
+	const snaps = 8
+	t.Logf("%v: mounted, files written", time.Since(t0).Round(time.Second))
+	for i := range snaps {
+		sh(t, "lvcreate", "-q", "-s", "-kn", "-n", fmt.Sprintf("snap%d", i), e.vg+"/img")
+	}
+	t.Logf("%v: %d snapshots", time.Since(t0).Round(time.Second), snaps)
+	free, written := e.poolMetaFree("pool"), 0
+	for ; free > 40 && written < snaps-2; written++ {
+		n := min(chunks*chunk/leaf, (free-24)/2)
+		sh(t, "fio", "--name=fill", "--filename="+e.devPath(fmt.Sprintf("snap%d", written)), "--offset="+strconv.Itoa(base),
+			"--size="+strconv.Itoa(chunks*chunk), "--rw=write:"+strconv.Itoa(leaf-chunk), "--bs="+strconv.Itoa(chunk),
+			"--number_ios="+strconv.Itoa(n), "--direct=1", "--ioengine=libaio", "--iodepth=16", "--output-format=terse")
+		free = e.poolMetaFree("pool")
+		t.Logf("%v: %d writes to snap%d: %d metadata blocks free", time.Since(t0).Round(time.Second), n, written, free)
+	}
+	if free > 40 {
+		t.Fatalf("setup: %d metadata blocks free after writes to %d snapshots", free, written)
+	}
+
+	// Through volfs: a 64 KiB write per leaf of img, at chunks shared with
+	// the snapshots (each needs a new block and a copy of img's leaf),
+	// fsync every 8 writes, until one fails.
+	img, err := os.OpenFile(m.path("img"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	buf := pseudoRandom(chunk, 10)
+	var failed error
+	var took time.Duration
+	writes := 0
+	for off := int64(base + chunk); off < base+chunks*chunk && failed == nil; off += leaf {
+		s := time.Now()
+		_, err := img.WriteAt(buf, off)
+		if err == nil && writes%8 == 7 {
+			err = img.Sync()
+		}
+		writes++
+		failed, took = err, time.Since(s)
+	}
+	if failed == nil {
+		failed = img.Sync()
+	}
+	meta, health, check := e.poolHealth("pool")
+	t.Logf("%v: after %d writes through volfs: %v after %v; metadata %s%%, health %q, check needed %q",
+		time.Since(t0).Round(time.Second), writes, failed, took.Round(time.Millisecond), meta, health, check)
+	if !isErrno(failed, syscall.EIO) {
+		t.Fatalf("writes to a pool whose metadata is full: %v, want EIO", failed)
+	}
+	if took > 45*time.Second {
+		t.Errorf("the write failed after %v: queued, not failed", took)
+	}
+	if health != "metadata_read_only" {
+		t.Errorf("pool health %q, want metadata_read_only", health)
+	}
+	if gone(m.serverPid()) {
+		t.Fatal("the server died on a pool with full metadata")
+	}
+	// Reads work; the bytes written before are intact.
+	sameData(t, m.path("keep"), keep)
+	sameData(t, m.path("lin"), lin)
+	sameDataPrefix(t, m.path("img"), first, 4*mib)
+	// A linear image is not in the pool: it takes writes.
+	fill(t, keep, m.path("lin"))
+	sameData(t, m.path("lin"), keep)
+	// A thin image writing blocks it owns needs no new block: writes and
+	// fsync work.
+	if kf, err := os.OpenFile(m.path("keep"), os.O_RDWR, 0); err != nil {
+		t.Error(err)
+	} else {
+		_, werr := kf.WriteAt(fileBytes(t, keep, 0, chunk), 0)
+		serr := kf.Sync()
+		kf.Close()
+		if werr != nil || serr != nil {
+			t.Errorf("rewrite of an allocated block of keep with the pool's metadata full: write %v, fsync %v", werr, serr)
+		}
+	}
+	waitFor(t, "log says the pool's metadata is full", 30*time.Second, func() bool {
+		return m.logHas("thin pool "+e.vg+"/pool metadata is full", "volume=img", "metadata_percent=100")
+	})
+	st, err := exec.Command(volfsBin, "status", m.dir).CombinedOutput()
+	t.Logf("volfs status:\n%s", st)
+	if !strings.Contains(string(st), "thin pool "+e.vg+"/pool metadata is full") ||
+		!strings.Contains(string(st), "lvextend --poolmetadatasize") {
+		t.Errorf("volfs status on a pool with full metadata (%v):\n%s", err, st)
+	}
+
+	// Online recovery: more metadata space, and the pool allocates again.
+	sh(t, "lvextend", "-q", "--poolmetadatasize", "+4m", e.vg+"/pool")
+	meta, health, check = e.poolHealth("pool")
+	t.Logf("%v: after lvextend --poolmetadatasize +4m: metadata %s%%, health %q, check needed %q",
+		time.Since(t0).Round(time.Second), meta, health, check)
+	for off := int64(base + 2*chunk); off < base+chunks*chunk; off += leaf {
+		if _, err := img.WriteAt(buf, off); err != nil {
+			t.Fatalf("write to img through the held handle after lvextend --poolmetadatasize: %v", err)
+		}
+	}
+	if err := img.Sync(); err != nil {
+		// The failure before may come back once to this handle.
+		t.Logf("first fsync after lvextend --poolmetadatasize: %v", err)
+		if err := img.Sync(); err != nil {
+			t.Errorf("fsync of img after lvextend --poolmetadatasize: %v", err)
+		}
+	}
+	if got := fileBytes(t, m.path("img"), base+2*chunk, chunk); !bytes.Equal(got, buf) {
+		t.Error("img does not read back the write made after lvextend --poolmetadatasize")
+	}
+	fill(t, lin, m.path("keep"))
+	sameData(t, m.path("keep"), lin)
+	sameDataPrefix(t, m.path("img"), first, 4*mib)
 }

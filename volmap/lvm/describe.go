@@ -43,7 +43,7 @@ func lvKind(lv LV) string {
 }
 
 // poolFields are the columns of a thin pool's fill.
-const poolFields = "lv_name,lv_size,segtype,data_percent,metadata_percent"
+const poolFields = "lv_name,lv_size,segtype,data_percent,metadata_percent,lv_health_status,lv_check_needed"
 
 // Pools reports the VG (size, free extents) and every thin pool in it
 // (size, data and metadata fill), read fresh: two report commands.
@@ -86,7 +86,8 @@ func parsePools(out []byte) ([]volmap.Pool, error) {
 	for _, r := range rows {
 		p := rowParser{row: r}
 		pool := volmap.Pool{Name: p.str("lv_name"), Kind: "thin-pool", Size: p.int("lv_size", 0),
-			DataPercent: p.percent("data_percent"), MetadataPercent: p.percent("metadata_percent")}
+			DataPercent: p.percent("data_percent"), MetadataPercent: p.percent("metadata_percent"),
+			Health: p.str("lv_health_status"), NeedsCheck: p.str("lv_check_needed") == "check needed"}
 		if p.str("segtype") != "thin-pool" {
 			continue
 		}
