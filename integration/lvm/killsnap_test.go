@@ -83,8 +83,8 @@ func TestFaultKillSnapshot(t *testing.T) {
 	e.thinPool("pool", "1g")
 	// A linear image (made by lvm, filled before the mount) for the
 	// clone by copy; the thin image o for the snapshots and thin clones.
-	srcL := e.file("L", 16*mib, 21)
-	sh(t, "lvcreate", "-q", "-y", "-L", "16m", "-n", "lin", e.vg)
+	srcL := e.file("L", 8*mib, 21)
+	sh(t, "lvcreate", "-q", "-y", "-L", "8m", "-n", "lin", e.vg)
 	sh(t, "dd", "if="+srcL, "of=/dev/"+e.vg+"/lin", "bs=1M", "oflag=direct", "status=none")
 	shaL := sha(t, srcL)
 	m := e.mount("--thin-pool", "pool")

@@ -40,7 +40,9 @@ const powerLossVG = vgPrefix + "power"
 // time (through geometric growth steps of its LV), a thin file of fixed
 // size and a linear LV, the last two rewritten one block at a time in
 // passes of random order. fsync after every perSync blocks, then (unsynced)
-// none.
+// none; the thin file of fixed size keeps its fsyncs to the end, so that
+// the reset comes soon after one (before dm-thin's own commit, once a
+// second, would save its blocks' mappings).
 type powerFile struct {
 	name     string
 	no       uint64
@@ -49,12 +51,13 @@ type powerFile struct {
 	perWrite int // blocks per pwrite
 	perSync  int // blocks per fsync
 	minSyncs int // fsyncs before the unsynced writes begin
+	syncAll  bool
 }
 
 var powerFiles = []powerFile{
-	{"grow", 1, 16384, true, 64, 64, 20}, // 20 fsyncs: 5 MiB, past the first extent
-	{"thin", 2, 1024, false, 1, 16, 12},
-	{"lin", 3, 2048, false, 1, 16, 12},
+	{"grow", 1, 16384, true, 64, 64, 20, false}, // 20 fsyncs: 5 MiB, past the first extent
+	{"thin", 2, 16384, false, 1, 16, 12, true}, // 64 MiB: its first pass maps new chunks to the end
+	{"lin", 3, 2048, false, 1, 16, 12, false},
 }
 
 // write w of f: which block, and its generation.
@@ -266,7 +269,7 @@ func powerLossWrite(t *testing.T) {
 					return
 				}
 				writes[i].Store(int64(w + pf.perWrite))
-				if (w+pf.perWrite)%pf.perSync == 0 && syncing.Load() {
+				if (w+pf.perWrite)%pf.perSync == 0 && (pf.syncAll || syncing.Load()) {
 					if err := f.Sync(); err != nil {
 						logLine("E %d %v", pf.no, err)
 						return
@@ -311,6 +314,10 @@ func powerLossWrite(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Right after an fsync of the thin file: its blocks' new mappings
+	// are committed by that fsync's flush and nothing else yet.
+	n := syncs[1].Load()
+	waitFor(t, "an fsync of the thin file", time.Minute, func() bool { return syncs[1].Load() > n })
 	t.Logf("after %v: writes: grow %d, thin %d, lin %d (fsync'ed up to %d, %d, %d); resetting the guest",
 		time.Since(start).Round(time.Second), writes[0].Load(), writes[1].Load(), writes[2].Load(), at[0], at[1], at[2])
 	logLine("reset")
