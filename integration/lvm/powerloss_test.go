@@ -56,7 +56,7 @@ type powerFile struct {
 
 var powerFiles = []powerFile{
 	{"grow", 1, 16384, true, 64, 64, 20, false}, // 20 fsyncs: 5 MiB, past the first extent
-	{"thin", 2, 16384, false, 1, 16, 12, true}, // 64 MiB: its first pass maps new chunks to the end
+	{"thin", 2, 16384, false, 1, 16, 12, true},  // 64 MiB: its first pass maps new chunks to the end
 	{"lin", 3, 2048, false, 1, 16, 12, false},
 }
 
