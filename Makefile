@@ -52,13 +52,17 @@ vmtest: build
 
 # The fault campaign (README "Reliability"), longer than in vmtest: failing,
 # full and slow devices under real LVM, and FAULT_ITER rounds of SIGKILL
-# of the server during writes, create, rename and truncate (make vmtest
-# runs the same tests with 2 rounds).
+# of the server during writes, create, rename, truncate, snapshot and clone
+# (make vmtest runs the same tests with 2 rounds). Then the power loss:
+# run on the host, TestFaultPowerLoss boots a guest twice over one disk
+# image (writes, sysrq reset; then mount and check).
 FAULT_ITER ?= 20
 faulttest: build
 	$(GO) test -count=1 -p 1 -timeout 120m -v -run 'TestFault' \
 		-exec "$(VMRUN) -t 7000 -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs -e VOLFS_FAULT_ITER=$(FAULT_ITER) --" \
 		./integration/lvm/
+	VOLFS_BIN=$(CURDIR)/bin/volfs VOLFS_POWERLOSS=run $(GO) test -count=1 -timeout 40m -v \
+		-run '^TestFaultPowerLoss$$' ./integration/lvm/
 
 # Several hosts on one shared VG (lvmlockd + sanlock): two guests at once
 # sharing one disk (scripts/multihost-test.sh). Slow (minutes under TCG):

@@ -335,16 +335,17 @@ func duplicates(names []string) []string {
 }
 
 // noHiddenLVs fails the test if an LV of volfs's hidden names (moved aside,
-// deleted while open) or an intent tag is left in the VG.
+// deleted while open, rolled back, a partial copy) or an intent tag is
+// left in the VG. Snapshot LVs are hidden names too, and stay.
 func (e *env) noHiddenLVs(when string) {
 	e.t.Helper()
 	lvs, _ := e.lvs()
 	for n, l := range lvs {
-		if strings.Contains(n, "volfs-") {
+		if strings.Contains(n, "volfs-") && !strings.Contains(n, "volfs-snap-") {
 			e.t.Fatalf("%s: hidden LV %s left after the next mount (tags %v)", when, n, l.Tags)
 		}
 		for _, tag := range l.Tags {
-			if strings.HasPrefix(tag, "volfs-replace=") {
+			if strings.HasPrefix(tag, "volfs-replace=") || strings.HasPrefix(tag, "volfs-rollback=") {
 				e.t.Fatalf("%s: LV %s keeps the intent tag %s", when, n, tag)
 			}
 		}
