@@ -402,6 +402,9 @@ func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
 	if err := d.verifyIdentity(ctx, name, lv); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
 	}
+	if err := d.busyElsewhere(ctx, lv, "remove "+name+" while open"); err != nil {
+		return "", err
+	}
 	if err := d.rename(ctx, lv.Name, hidden); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
 	}

@@ -257,7 +257,7 @@ func hostNames(ids []int) string {
 
 // heldElsewhereName is heldElsewhere for the LV called lvName.
 func (d *Driver) heldElsewhereName(ctx context.Context, lvName string, err error) error {
-	if d.shared == nil || !lockedElsewhere(err) {
+	if d.shared == nil || err == nil {
 		return err
 	}
 	lv := LV{Name: lvName}
