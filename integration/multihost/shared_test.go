@@ -29,11 +29,11 @@ const (
 	quick = time.Minute
 )
 
-// TestSharedVG is the whole two-host scenario; each guest plays its host's
+// TestSharedVG is the basic two-host scenario; each guest plays its host's
 // part (VOLFS_HOST_ID), the two meeting at named steps:
 //
-//  1. host 1 creates a shared VG (sanlock) and mounts it; host 2 starts
-//     the lockspace by mounting it too;
+//  1. both mount the shared VG (made by the first test of the run,
+//     ensureVG); host 2's first mount started its lockspace;
 //  2. a file written on host 1 is listed on host 2 with its size;
 //  3. while host 1 has it open, host 2's open, rm, truncate and mv fail at
 //     once with EBUSY, and host 2's log names host 1;
