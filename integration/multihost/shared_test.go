@@ -41,8 +41,8 @@ const (
 //     removes it, and host 1's listing loses it;
 //  5. thin pool on the shared VG: while host 1 has one thin file open, host
 //     2 cannot open another thin file of the same pool (one lock for the
-//     pool and all its thin LVs: EBUSY naming the pool and host 1); once
-//     host 1 closes it, host 2 can.
+//     pool and all its thin LVs: EBUSY naming the pool and host 1), nor
+//     truncate, mv, rm or snapshot it; once host 1 closes it, host 2 can.
 func TestSharedVG(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
@@ -192,7 +192,25 @@ func host2(t *testing.T) {
 		if !errors.Is(err, syscall.EBUSY) {
 			t.Errorf("open of a thin file whose pool is active on host 1: %v, want EBUSY", err)
 		}
-		m.logHas(t, "thin pool pool", "host 1")
+		m.logHas(t, "thin pool pool", "host 1", "give each host a thin pool of its own")
+	}
+	// Every change of another thin file of the pool is refused too.
+	if err := os.Truncate(m.path("thinB"), 128*mib); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("truncate of a thin file whose pool is active on host 1: %v, want EBUSY", err)
+	}
+	if err := os.Rename(m.path("thinB"), m.path("thinB-moved")); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("mv of a thin file whose pool is active on host 1: %v, want EBUSY", err)
+		if err == nil {
+			_ = os.Rename(m.path("thinB-moved"), m.path("thinB"))
+		}
+	}
+	if err := os.Remove(m.path("thinB")); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("rm of a thin file whose pool is active on host 1: %v, want EBUSY", err)
+	}
+	out, err := exec.Command(volfsBin, "snapshot", "create", m.path("thinB"), "s1").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "host 1") {
+		t.Errorf("volfs snapshot create of a thin file whose pool is active on host 1: %v: %s; want a refusal naming host 1",
+			err, out)
 	}
 	signal(t, "h2-thin-checked")
 	wait(t, "thin-closed", longWait)
