@@ -471,6 +471,11 @@ func (n *Image) truncateLocked(ctx context.Context, size int64) syscall.Errno {
 			slog.String("volume", n.name), slog.Int64("size", cur), slog.Int64("requested", size))
 		return syscall.EPERM
 	}
+	if g, ok := n.root.drv.(volmap.SizeGuard); ok && !n.pending {
+		if err := g.CheckResize(ctx, n.name); err != nil {
+			return n.root.toErrno("truncate", n.name, err)
+		}
+	}
 	if errno := n.growDeviceLocked(ctx, size, size); errno != 0 {
 		return errno
 	}

@@ -7,12 +7,19 @@
 # tests start sanlock and lvmlockd in their guest. Both outputs are printed
 # when both guests have ended; the run passes only if both exit 0.
 #
+# Then, unless MULTIHOST_FAILOVER=0 or -run is given, a second pair of
+# guests (a fresh disk) runs TestFailover: host 1 powers its guest off
+# while it holds a file, and host 2 measures how long until it can open it
+# (about 140 s: sanlock's lease timeout). That phase passes if host 2 exits
+# 0 and host 1 got as far as powering off.
+#
 # Usage: scripts/multihost-test.sh [-run REGEXP]
 # Environment: VOLFS_BIN (default: bin/volfs, built by make build; make
 #   multihost-test builds it), MULTIHOST_TIMEOUT (each test binary's
 #   -test.timeout, default 40m; the guests are killed 5 min later),
-#   MULTIHOST_DISK (shared image size, default 2G), VOLFS_VM_SCRATCH_DIR
-#   (where the image is made, default /var/tmp), GO.
+#   MULTIHOST_DISK (shared image size, default 2G), MULTIHOST_FAILOVER
+#   (0: skip the failover phase), VOLFS_VM_SCRATCH_DIR (where the image is
+#   made, default /var/tmp), GO.
 set -euo pipefail
 
 SELF=$(readlink -f "$0")
@@ -20,7 +27,8 @@ cd "$(dirname "$SELF")/.."
 ROOT=$PWD
 GO=${GO:-go}
 RUN=.
-if [ "${1:-}" = -run ]; then RUN=$2; shift 2; fi
+FAILOVER=${MULTIHOST_FAILOVER:-1}
+if [ "${1:-}" = -run ]; then RUN=$2; FAILOVER=0; shift 2; fi
 [ $# -eq 0 ] || { echo "usage: $0 [-run REGEXP]" >&2; exit 2; }
 TIMEOUT=${MULTIHOST_TIMEOUT:-40m}
 case $TIMEOUT in
@@ -50,29 +58,52 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# The image both guests attach: it must stay a named file while they run
-# (each QEMU opens it by name), and goes when this script ends.
-IMG=$(mktemp "${VOLFS_VM_SCRATCH_DIR:-/var/tmp}/volfs-multihost.XXXXXX.img")
-truncate -s "${MULTIHOST_DISK:-2G}" "$IMG"
-mkdir "$W/sync"
 "$GO" test -c -o "$W/multihost.test" ./integration/multihost/
 
-t0=$SECONDS
-for id in 1 2; do
-  (cd integration/multihost && "$ROOT/integration/vm/vmrun.sh" -t "$VMTIMEOUT" -S "$IMG" -w "$W/sync" \
-      -e "VOLFS_BIN=$VOLFS_BIN" -e "VOLFS_HOST_ID=$id" -e "VOLFS_SYNC_DIR=$W/sync" -- \
-      "$W/multihost.test" -test.v -test.count=1 -test.timeout "$TIMEOUT" -test.run "$RUN") \
-      > "$W/host$id.out" 2>&1 &
-  PIDS+=($!)
-done
-rc1=0 rc2=0
-wait "${PIDS[0]}" || rc1=$?
-wait "${PIDS[1]}" || rc2=$?
-PIDS=()
-for id in 1 2; do
-  rc=$rc1; [ "$id" = 2 ] && rc=$rc2
-  echo "=== multihost: host $id: exit $rc"
-  cat "$W/host$id.out"
-done
-echo "=== multihost: host 1 exit $rc1, host 2 exit $rc2, $((SECONDS - t0)) s"
-[ "$rc1" = 0 ] && [ "$rc2" = 0 ]
+# pair NAME REGEXP [VAR=VALUE...] boots the two guests over a fresh shared
+# image and sync directory, runs the tests matching REGEXP in both, prints
+# both outputs, and sets RC1 and RC2 to the guests' exit statuses.
+pair() {
+  local name=$1 run=$2 id t0 sync
+  shift 2
+  local extra=()
+  for v in "$@"; do extra+=(-e "$v"); done
+  # The image both guests attach: it must stay a named file while they
+  # run (each QEMU opens it by name), and goes when the pair ends.
+  IMG=$(mktemp "${VOLFS_VM_SCRATCH_DIR:-/var/tmp}/volfs-multihost.XXXXXX.img")
+  truncate -s "${MULTIHOST_DISK:-2G}" "$IMG"
+  sync=$W/sync-$name
+  mkdir "$sync"
+  t0=$SECONDS
+  for id in 1 2; do
+    (cd integration/multihost && "$ROOT/integration/vm/vmrun.sh" -t "$VMTIMEOUT" -S "$IMG" -w "$sync" \
+        -e "VOLFS_BIN=$VOLFS_BIN" -e "VOLFS_HOST_ID=$id" -e "VOLFS_SYNC_DIR=$sync" "${extra[@]}" -- \
+        "$W/multihost.test" -test.v -test.count=1 -test.timeout "$TIMEOUT" -test.run "$run") \
+        > "$W/$name-host$id.out" 2>&1 &
+    PIDS+=($!)
+  done
+  RC1=0 RC2=0
+  wait "${PIDS[0]}" || RC1=$?
+  wait "${PIDS[1]}" || RC2=$?
+  PIDS=()
+  rm -f "$IMG"
+  IMG=''
+  for id in 1 2; do
+    echo "=== multihost $name: host $id: exit $([ "$id" = 1 ] && echo "$RC1" || echo "$RC2")"
+    cat "$W/$name-host$id.out"
+  done
+  echo "=== multihost $name: host 1 exit $RC1, host 2 exit $RC2, $((SECONDS - t0)) s"
+}
+
+pair main "$RUN"
+ok=0
+[ "$RC1" = 0 ] && [ "$RC2" = 0 ] || ok=1
+if [ "$FAILOVER" != 0 ]; then
+  pair failover '^TestFailover$' VOLFS_FAILOVER=1
+  # Host 1 powers off on purpose: its guest reports no status (125).
+  if [ "$RC2" != 0 ] || [ ! -e "$W/sync-failover/fo-dying" ]; then
+    echo "=== multihost failover: FAIL (host 2 exit $RC2; host 1 $([ -e "$W/sync-failover/fo-dying" ] && echo "powered off" || echo "did not get to power off"))"
+    ok=1
+  fi
+fi
+exit "$ok"

@@ -141,6 +141,15 @@ type Idler interface {
 	Idle(ctx context.Context, name string)
 }
 
+// SizeGuard is implemented by drivers that may refuse a change of a
+// volume's size that needs no resize of the volume (a truncate within the
+// space it has): on a VG shared between hosts, a volume another host has
+// open. volfs asks before it changes the size; an error wrapping ErrInUse
+// is EBUSY.
+type SizeGuard interface {
+	CheckResize(ctx context.Context, name string) error
+}
+
 // Zeroer makes a byte range of a volume read as zeros in the cheapest way
 // the driver knows (a thin volume unmaps whole chunks instead of writing
 // zeros). f is an open fd of the volume's device, kept open by the caller

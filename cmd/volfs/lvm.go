@@ -14,5 +14,5 @@ func newLVMDriver(ctx context.Context, c *mountCmd, log *slog.Logger) (volmap.Dr
 		return nil, err
 	}
 	return lvm.New(ctx, lvm.Config{VG: c.vg, ThinPool: c.thinPool, Tag: c.tag, Log: log, PoolLimit: c.poolLimit,
-		CacheTTL: c.cacheTTL, Layout: layout})
+		CacheTTL: c.cacheTTL, Layout: layout, LiveMigration: c.liveMigration, RunDir: runDir + "/shared"})
 }

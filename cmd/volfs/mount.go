@@ -44,6 +44,8 @@ type mountCmd struct {
 	ioURing    bool
 	cpuProfile string
 	poolLimit  float64
+	// liveMigration: activate linear images shared on a shared VG.
+	liveMigration bool
 
 	holder lock.Holder // this server, as its locks name it
 	// locks are held until the process exits (dropped, they would be
@@ -101,6 +103,8 @@ open its images without a chown per file).`,
 	f.StringVar(&c.logLevel, "log-level", "info", "log messages of this level and above: "+levelNames())
 	f.BoolVar(&c.allowOther, "allow-other", true, "let users other than root open files (mode and owner still apply)")
 	f.BoolVar(&c.ioURing, "io-uring", true, "serve requests through FUSE over io_uring where the kernel has it (sets fuse.enable_uring); false: /dev/fuse only")
+	f.BoolVar(&c.liveMigration, "live-migration", false, "with --vg on a shared VG (lvmlockd): activate linear images shared (lvchange -asy) at open, "+
+		"so that another host may open an image at the same time, as a live migration does; the hypervisor's lease (libvirt's sanlock plugin, virtlockd) must keep two VMs from writing it")
 	f.Float64Var(&c.poolLimit, "pool-limit", 90, "with --vg: refuse snapshots and clones while the thin pool's data or metadata use is above this percentage")
 	f.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of the server to this file until unmount")
 	f.StringVar(&c.defaults.uid, "uid", "", "owner (name or number) of new files and of volumes without volfs attributes")
@@ -117,8 +121,8 @@ func (c *mountCmd) run(mountpoint string) error {
 		return usagef("say which volumes to mount: --vg VG or --device GLOB")
 	case len(c.devices) > 0 && c.vg != "":
 		return usagef("--vg and --device exclude each other")
-	case c.vg == "" && (c.thinPool != "" || c.tag != ""):
-		return usagef("--thin-pool and --tag go with --vg")
+	case c.vg == "" && (c.thinPool != "" || c.tag != "" || c.liveMigration):
+		return usagef("--thin-pool, --tag and --live-migration go with --vg")
 	case c.vg == "" && (c.layout != "" || c.mirrors != 0 || c.stripes != 0):
 		return usagef("--layout, --mirrors and --stripes go with --vg")
 	case c.layout == "" && (c.mirrors != 0 || c.stripes != 0):

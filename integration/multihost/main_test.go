@@ -1,6 +1,7 @@
 package multihost
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,7 +78,69 @@ func run(m *testing.M) int {
 		sync.Fail(err.Error())
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := teardown(); err != nil {
+		fmt.Fprintf(os.Stderr, "removing the shared VG: %v\n", err)
+		sync.Fail(err.Error())
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// vgMade is set once this host has the shared VG (ensureVG).
+var vgMade bool
+
+// ensureVG makes the shared VG on the scratch disk (host 1) or waits until
+// host 1 has (host 2), once per run; each host's first mount starts its
+// lockspace. teardown removes it after the last test.
+func ensureVG(t *testing.T) {
+	t.Helper()
+	disk := vm.RequireScratchDisks(t, 1)[0]
+	if vgMade {
+		return
+	}
+	if hostID == 1 {
+		timed(t, "vgcreate", "--shared", vg, disk)
+		signal(t, "vg-created")
+	} else {
+		wait(t, "vg-created", longWait)
+	}
+	vgMade = true
+}
+
+// teardown stops host 2's lockspace and then removes the VG on host 1 (the
+// disk image is deleted anyway; this checks that nothing stays locked).
+// sanlock sees the other host leave its lockspace some time after it did
+// ("Lockspace ... not stopped on other hosts" meanwhile): vgremove retries.
+func teardown() error {
+	if !vgMade {
+		return nil
+	}
+	if hostID == 2 {
+		out, err := exec.Command("vgchange", "--lock-stop", vg).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("vgchange --lock-stop %s: %v: %s", vg, err, out)
+		}
+		return sync.Signal("h2-lock-stopped")
+	}
+	if _, err := sync.Wait("h2-lock-stopped", longWait); err != nil {
+		return err
+	}
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		out, err := exec.Command("vgremove", "-y", "-ff", vg).CombinedOutput()
+		if err == nil {
+			fmt.Printf("TIMING vgremove after host 2's lock-stop: %v (%d attempts)\n", time.Since(start).Round(time.Second), attempt)
+			return nil
+		}
+		if time.Since(start) > 5*time.Minute {
+			return fmt.Errorf("vgremove %s: %v: %s", vg, err, out)
+		}
+		fmt.Printf("vgremove attempt %d: %v: %s\n", attempt, err, bytes.TrimSpace(out))
+		time.Sleep(15 * time.Second)
+	}
 }
 
 // startLocking turns this guest into an lvmlockd host: use_lvmlockd and

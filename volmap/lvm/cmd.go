@@ -139,6 +139,8 @@ var patterns = []struct {
 	{[]string{"used by another device"}, volmap.ErrInUse},
 	{[]string{"open logical volume"}, volmap.ErrInUse},  // "Can't remove open logical volume"
 	{[]string{"locked by other host"}, volmap.ErrInUse}, // lvmlockd: the LV is active on another host
+	// lvmlockd: lvresize of an LV this host has active shared (--live-migration)
+	{[]string{"locked with incompatible mode"}, volmap.ErrInUse},
 	{[]string{"already exists"}, volmap.ErrExists},
 	{[]string{"insufficient free space"}, volmap.ErrNoSpace},
 	{[]string{"insufficient suitable"}, volmap.ErrNoSpace}, // "... allocatable extents"

@@ -14,6 +14,9 @@
 // several hosts: the mount starts its lockspace, an open activates the LV
 // exclusively (its cluster-wide lock) and Idle deactivates it after the
 // last close; an LV active on another host is ErrInUse naming that host.
+// Config.LiveMigration activates linear LVs shared instead, so that two
+// hosts may open one image during a live migration; the LVs a killed
+// server left active are released by the next mount on that host.
 //
 // The driver must never open, change or remove anything that is not a file
 // of its mount: every name is encoded and checked against the current

@@ -52,6 +52,15 @@ type Config struct {
 	// PoolLimit refuses snapshots and clones while the thin pool's data or
 	// metadata use is above this percentage (DefaultPoolLimit when zero).
 	PoolLimit float64
+	// LiveMigration (shared VGs only) activates linear and striped LVs
+	// shared (lvchange -asy) at open, so that two hosts may open an image
+	// at once, as a live migration does (shared.go).
+	LiveMigration bool
+	// RunDir is a directory that lasts until reboot (a tmpfs under /run)
+	// where, on a shared VG, the driver records the LVs it activated, so
+	// that the next mount can release those a killed server left active.
+	// Empty: no record.
+	RunDir string
 }
 
 // Driver is the lvm2 volmap driver. It is safe for concurrent use.
@@ -185,6 +194,9 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		if err := d.startShared(ctx, vgs[0].LockType); err != nil {
 			return nil, err
 		}
+	} else if cfg.LiveMigration {
+		return nil, fmt.Errorf("live migration mode needs a shared VG (lvmlockd, vgcreate --shared); "+
+			"volume group %s has lock type %q", cfg.VG, vgs[0].LockType)
 	}
 	if err := d.discoverPVs(ctx); err != nil {
 		return nil, err
@@ -223,6 +235,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 			}
 		}
 	}
+	d.releaseLeftovers(ctx, l)
 	rolled := d.recoverRollbacks(ctx, l)
 	if d.recoverReplaces(ctx, l) || rolled {
 		d.invalidate()
@@ -427,7 +440,7 @@ func (d *Driver) activate(ctx context.Context, lv LV) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.invalidate()
-	args := append(d.activateArgs(), d.cfg.VG+"/"+lv.Name)
+	args := append(d.activateArgs(lv), d.cfg.VG+"/"+lv.Name)
 	if _, err := d.lvm.Run(ctx, "lvchange", args...); err != nil {
 		return fmt.Errorf("activate %s/%s: %w", d.cfg.VG, lv.Name, d.heldElsewhere(ctx, lv, err))
 	}

@@ -139,6 +139,15 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 	if err == nil {
 		lv, ok := l.lvs[lvName]
 		if _, isFile := d.fileName(lv); ok && isFile {
+			if d.shared != nil && d.cfg.LiveMigration && shareable(lv) {
+				// lvcreate activated it exclusively; open
+				// activates it shared.
+				if _, err := d.lvm.Run(ctx, "lvchange", "-an", d.cfg.VG+"/"+lvName); err == nil {
+					d.invalidate()
+					lv.Active = false
+					return d.volume(lv, name), nil
+				}
+			}
 			// lvcreate activated it (exclusively on a shared VG):
 			// Idle deactivates it once the file is not open.
 			d.noteActivated(lv.UUID)
@@ -203,6 +212,9 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	}
 	if err := d.verifyIdentity(ctx, name, lv); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	if err := d.busyElsewhere(ctx, lv, "remove "+name); err != nil {
+		return err
 	}
 	return d.remove(ctx, name, lv.Name)
 }
@@ -271,6 +283,9 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
 	if err := d.verifyIdentity(ctx, oldName, lv); err != nil {
 		return fmt.Errorf("rename %s: %w", oldName, err)
 	}
+	if err := d.busyElsewhere(ctx, lv, "rename "+oldName); err != nil {
+		return err
+	}
 	return d.rename(ctx, lv.Name, newLV)
 }
 
@@ -299,6 +314,9 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 	}
 	if lv.Size == target {
 		return target, nil
+	}
+	if err := d.busyElsewhere(ctx, lv, fmt.Sprintf("resize %s to %d bytes", name, target)); err != nil {
+		return 0, err
 	}
 	if target < lv.Size && lv.Thin() {
 		d.discardTail(lv, target)
@@ -383,6 +401,9 @@ func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
 	defer d.invalidate()
 	if err := d.verifyIdentity(ctx, name, lv); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
+	}
+	if err := d.busyElsewhere(ctx, lv, "remove "+name+" while open"); err != nil {
+		return "", err
 	}
 	if err := d.rename(ctx, lv.Name, hidden); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)

@@ -180,6 +180,9 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	if err != nil {
 		return "", err
 	}
+	if err := d.busyElsewhere(ctx, src, "rename "+oldName); err != nil {
+		return "", err
+	}
 	l, err := d.listing(ctx)
 	if err != nil {
 		return "", err
@@ -194,6 +197,9 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	}
 	if dst.UUID == src.UUID {
 		return "", nil
+	}
+	if err := d.busyElsewhere(ctx, dst, "replace "+newName); err != nil {
+		return "", err
 	}
 	label, rnd := asideLabel, make([]byte, 4)
 	if detach {

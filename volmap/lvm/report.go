@@ -88,6 +88,10 @@ func (lv LV) Public() bool { return slices.Contains(lv.Role, "public") && !lv.Hi
 // Thin reports whether the LV is a thin volume (not a pool).
 func (lv LV) Thin() bool { return lv.SegType == "thin" }
 
+// DeviceOpen reports whether the LV's device is open on this host (lv_attr
+// character 6 'o': some process, mount or device holds it).
+func (lv LV) DeviceOpen() bool { return len(lv.Attr) > 5 && lv.Attr[5] == 'o' }
+
 // VG is one row of a vgs report.
 type VG struct {
 	Name       string

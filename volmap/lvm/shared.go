@@ -5,6 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +25,17 @@ import (
 // other host", which is EBUSY here. Thin LVs have no lock of their own:
 // they use their pool's, so one host at a time can use a shared VG's thin
 // pool (any thin file of it).
+//
+// With Config.LiveMigration, linear and striped LVs are activated shared
+// (-asy) instead, so that two hosts may have one image open at once (a
+// live migration opens it on the destination before the source closes
+// it); resize, rename, remove and snapshot refuse an LV that another host
+// has active, shared or not (busyElsewhere).
+//
+// A server that dies (SIGKILL) leaves the LVs it had open active, and so
+// locked, on this host. The driver keeps the UUIDs it activated in a file
+// under Config.RunDir; the next mount on this host deactivates those that
+// nothing holds open (releaseLeftovers).
 
 // sharedVG is the state of a driver whose VG is shared.
 type sharedVG struct {
@@ -30,8 +45,10 @@ type sharedVG struct {
 	// mu guards activated: the UUIDs of the LVs that the driver activated
 	// (an open, a create) and deactivates when the file is idle again. An
 	// LV that was active before (a VM on /dev/VG/LV) is left as it was.
+	// record is where they are kept for the next mount ("": nowhere).
 	mu        sync.Mutex
 	activated map[string]bool
+	record    string
 
 	// dumpMu guards dumps and dumpAt: sanlock lease dumps by offset,
 	// reused for a second (volfs ls asks about every file).
@@ -90,8 +107,12 @@ func (d *Driver) startShared(ctx context.Context, lockType string) error {
 			d.cfg.VG, lockType, lockStartAttempts, lockManager(lockType), d.cfg.VG, last)
 	}
 	s.hostID = d.hostID(ctx)
+	if d.cfg.RunDir != "" {
+		s.record = filepath.Join(d.cfg.RunDir, "activated-"+d.vgUUID+"-"+d.tag)
+	}
 	d.shared = s
-	d.log.Info("shared VG", slog.String("lock_type", lockType), slog.Int("host_id", s.hostID))
+	d.log.Info("shared VG", slog.String("lock_type", lockType), slog.Int("host_id", s.hostID),
+		slog.Bool("live_migration", d.cfg.LiveMigration))
 	return nil
 }
 
@@ -127,15 +148,24 @@ func (d *Driver) hostID(ctx context.Context) int {
 	return n
 }
 
-// activateArgs are lvchange's activation options: exclusive on a shared VG
-// (the LV's lock), plain otherwise; -K so that thin snapshots, which carry
+// activateArgs are lvchange's activation options for lv: exclusive on a
+// shared VG (the LV's lock), shared for a linear or striped LV with
+// LiveMigration, plain otherwise; -K so that thin snapshots, which carry
 // the activation-skip flag, activate too.
-func (d *Driver) activateArgs() []string {
-	if d.shared != nil {
+func (d *Driver) activateArgs(lv LV) []string {
+	switch {
+	case d.shared != nil && d.cfg.LiveMigration && shareable(lv):
+		return []string{"-asy", "-K"}
+	case d.shared != nil:
 		return []string{"-aey", "-K"}
 	}
 	return []string{"-ay", "-K"}
 }
+
+// shareable reports whether lvmlockd lets lv be active on several hosts
+// at once: linear and striped LVs; thin LVs ("Shared activation not
+// compatible") and RAID LVs only exclusively.
+func shareable(lv LV) bool { return lv.SegType == "linear" || lv.SegType == "striped" }
 
 // lockedElsewhere reports whether err is lvmlockd refusing an LV lock that
 // another host holds.
@@ -147,26 +177,87 @@ func lockedElsewhere(err error) bool {
 // heldElsewhere turns lvmlockd's "LV locked by other host" into an error
 // that names the host holding the lock when sanlock's lease area says it.
 func (d *Driver) heldElsewhere(ctx context.Context, lv LV, err error) error {
+	var ce *CmdError
+	if d.shared != nil && errors.As(err, &ce) && strings.Contains(ce.Stderr, "locked with incompatible mode") {
+		return fmt.Errorf("%s/%s is active shared on this host (live migration mode), and lvm changes it only "+
+			"when active exclusively: close the file on every host first: %w", d.cfg.VG, lv.Name, err)
+	}
 	if d.shared == nil || !lockedElsewhere(err) {
 		return err
 	}
 	lockLV := d.lockOf(ctx, lv)
-	who := "another host"
-	if id := d.lockHolder(ctx, lockLV); id > 0 {
-		who = "host " + strconv.Itoa(id)
+	who := hostNames(d.otherLockHolders(ctx, lockLV, false))
+	if who == "" {
+		who = "another host"
 	}
+	return d.inUseOn(lv, lockLV, who, err)
+}
+
+// inUseOn is the error for lv, whose lock (lockLV's) who holds.
+func (d *Driver) inUseOn(lv, lockLV LV, who string, err error) error {
 	what := d.cfg.VG + "/" + lv.Name
+	hint := "close it there first"
 	if lockLV.Name != lv.Name {
 		what += " (its lock is thin pool " + lockLV.Name + "'s, shared by every thin LV of it)"
+		hint = "close every thin file of the pool there first, or give each host a thin pool of its own"
 	}
 	d.log.Info("volume is in use on another host", slog.String("lv", lv.Name), slog.String("lock", lockLV.Name),
 		slog.String("holder", who))
-	return fmt.Errorf("%s is active on %s, which holds its lock (close it there first): %w", what, who, err)
+	return fmt.Errorf("%s is active on %s, which holds its lock (%s): %w", what, who, hint, err)
+}
+
+// busyElsewhere refuses a change (resize, rename, remove, snapshot) of lv
+// while another host has it, or for a thin LV its pool, active: with
+// LiveMigration that host may hold it shared, which lvm alone would not
+// always refuse. The error wraps ErrInUse and names the host. The lease is
+// read afresh, not from the dump cache.
+func (d *Driver) busyElsewhere(ctx context.Context, lv LV, what string) error {
+	if d.shared == nil {
+		return nil
+	}
+	lockLV := d.lockOf(ctx, lv)
+	who := hostNames(d.otherLockHolders(ctx, lockLV, true))
+	if who == "" {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, d.inUseOn(lv, lockLV, who, volmap.ErrInUse))
+}
+
+var _ volmap.SizeGuard = (*Driver)(nil)
+
+// CheckResize refuses a change of the file's size while another host has
+// it active (busyElsewhere), even one within the LV's extents that needs
+// no lvresize: that host's view of the size, and its data, would change
+// under it.
+func (d *Driver) CheckResize(ctx context.Context, name string) error {
+	if d.shared == nil {
+		return nil
+	}
+	lv, err := d.file(ctx, name)
+	if err != nil {
+		return err
+	}
+	return d.busyElsewhere(ctx, lv, "change the size of "+name)
+}
+
+// hostNames is "host 1" or "hosts 1, 3"; "" for none.
+func hostNames(ids []int) string {
+	switch len(ids) {
+	case 0:
+		return ""
+	case 1:
+		return "host " + strconv.Itoa(ids[0])
+	}
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = strconv.Itoa(id)
+	}
+	return "hosts " + strings.Join(s, ", ")
 }
 
 // heldElsewhereName is heldElsewhere for the LV called lvName.
 func (d *Driver) heldElsewhereName(ctx context.Context, lvName string, err error) error {
-	if d.shared == nil || !lockedElsewhere(err) {
+	if d.shared == nil || err == nil {
 		return err
 	}
 	lv := LV{Name: lvName}
@@ -178,20 +269,28 @@ func (d *Driver) heldElsewhereName(ctx context.Context, lvName string, err error
 	return d.heldElsewhere(ctx, lv, err)
 }
 
-// lockHolder returns the host id holding the sanlock lease of lockLV (an
-// LV with a lock of its own), 0 if that cannot be told (dlm, no lease
-// offset, a dump that fails or shows no holder). lvmlockd names the lease
-// after the LV's UUID and keeps it in the VG's lvmlock LV at the offset
-// that lv_lockargs gives; "sanlock direct dump" reads it there.
-func (d *Driver) lockHolder(ctx context.Context, lockLV LV) int {
+// otherLockHolders are the hosts other than this one that hold the lock of
+// lockLV (lockHolders).
+func (d *Driver) otherLockHolders(ctx context.Context, lockLV LV, fresh bool) []int {
+	ids := d.lockHolders(ctx, lockLV, fresh)
+	return slices.DeleteFunc(ids, func(id int) bool { return id == d.shared.hostID })
+}
+
+// lockHolders returns the host ids holding the sanlock lease of lockLV (an
+// LV with a lock of its own), exclusively or shared, sorted; none if that
+// cannot be told (dlm, no lease offset, a dump that fails). lvmlockd names
+// the lease after the LV's UUID and keeps it in the VG's lvmlock LV at the
+// offset that lv_lockargs gives; "sanlock direct dump" reads it there.
+// Dumps are reused for a second unless fresh.
+func (d *Driver) lockHolders(ctx context.Context, lockLV LV, fresh bool) []int {
 	if d.shared == nil || d.shared.lockType != "sanlock" || lockLV.UUID == "" {
-		return 0
+		return nil
 	}
 	_, off, ok := strings.Cut(lockLV.LockArgs, ":")
 	if _, err := strconv.ParseUint(off, 10, 64); !ok || err != nil {
 		d.log.Info("cannot tell which host holds the lock: no lease offset in lv_lockargs",
 			slog.String("lv", lockLV.Name), slog.String("lock_args", lockLV.LockArgs))
-		return 0
+		return nil
 	}
 	s := d.shared
 	s.dumpMu.Lock()
@@ -200,25 +299,20 @@ func (d *Driver) lockHolder(ctx context.Context, lockLV LV) int {
 		s.dumps, s.dumpAt = map[string]string{}, time.Now()
 	}
 	dump, ok := s.dumps[off]
-	if !ok {
+	if !ok || fresh {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		dev := "/dev/mapper/" + strings.ReplaceAll(d.cfg.VG, "-", "--") + "-lvmlock"
 		out, err := d.lvm.Tool(ctx, "sanlock", "direct", "dump", dev+":"+off+":"+strconv.Itoa(sanlockLeaseSize))
 		if err != nil {
-			d.log.Warn("could not read the lease of a volume locked by another host", slog.String("lv", lockLV.Name),
+			d.log.Warn("could not read the lease of a volume of a shared VG", slog.String("lv", lockLV.Name),
 				slog.Any("err", err))
-			return 0
+			return nil
 		}
 		dump = string(out)
 		s.dumps[off] = dump
 	}
-	id := parseLeaseHolder(dump, lockLV.UUID)
-	if id == 0 {
-		d.log.Info("cannot tell which host holds the lock: its lease shows no holder", slog.String("lv", lockLV.Name),
-			slog.String("lock_args", lockLV.LockArgs), slog.String("dump", strings.Join(strings.Fields(dump), " ")))
-	}
-	return id
+	return parseLeaseHolders(dump, lockLV.UUID)
 }
 
 // sanlockLeaseSize is the size of one sanlock lease as lvmlockd lays them
@@ -237,49 +331,147 @@ func (d *Driver) lockOf(ctx context.Context, lv LV) LV {
 	return lv
 }
 
-// activeOn names the other host that has lv active ("host 2"), "" if it
-// is not shared, active here, or nobody holds its lock.
+// activeOn names the other hosts that have lv active ("host 2"), "" if
+// the VG is not shared or no other host holds its lock. An LV active here
+// exclusively is not looked up (no other host can hold it).
 func (d *Driver) activeOn(ctx context.Context, lv LV) string {
-	if d.shared == nil || lv.Active {
+	if d.shared == nil || (lv.Active && !(d.cfg.LiveMigration && shareable(lv))) {
 		return ""
 	}
-	if id := d.lockHolder(ctx, d.lockOf(ctx, lv)); id > 0 && id != d.shared.hostID {
-		return "host " + strconv.Itoa(id)
-	}
-	return ""
+	return hostNames(d.otherLockHolders(ctx, d.lockOf(ctx, lv), false))
 }
 
-// parseLeaseHolder finds the lease called uuid (with or without its
-// dashes) in the output of "sanlock direct dump": rows "offset lockspace
-// resource timestamp own gen lver". A lease is held while its timestamp is
-// not zero; own is the holder's host id.
-func parseLeaseHolder(dump, uuid string) int {
+// parseLeaseHolders finds the lease called uuid (with or without its
+// dashes) in the output of "sanlock direct dump": a row "offset lockspace
+// resource timestamp own gen lver", then a row "HOST GEN SH" for each host
+// holding it shared. The lease is held exclusively while its timestamp is
+// not zero; own is the holder's host id. The ids are sorted.
+func parseLeaseHolders(dump, uuid string) []int {
 	plain := strings.ReplaceAll(uuid, "-", "")
+	var ids []int
+	found := false
 	for line := range strings.SplitSeq(dump, "\n") {
 		f := strings.Fields(line)
+		if found {
+			// The shared holders' rows follow the lease's row.
+			if len(f) != 3 || f[2] != "SH" {
+				break
+			}
+			if id, err := strconv.Atoi(f[0]); err == nil && id > 0 && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+			continue
+		}
 		for i := 0; i+2 < len(f); i++ {
 			if f[i] != uuid && f[i] != plain {
 				continue
 			}
+			found = true
 			ts, err1 := strconv.ParseUint(f[i+1], 10, 64)
 			own, err2 := strconv.Atoi(f[i+2])
 			if err1 == nil && err2 == nil && ts != 0 && own > 0 {
-				return own
+				ids = append(ids, own)
 			}
-			return 0
+			break
 		}
 	}
-	return 0
+	slices.Sort(ids)
+	return ids
 }
 
-// noteActivated records that the driver activated lv (for Idle).
+// noteActivated records that the driver activated lv (for Idle, and for
+// the next mount should this server die).
 func (d *Driver) noteActivated(uuid string) {
 	if d.shared == nil || uuid == "" {
 		return
 	}
 	d.shared.mu.Lock()
-	d.shared.activated[uuid] = true
-	d.shared.mu.Unlock()
+	defer d.shared.mu.Unlock()
+	if !d.shared.activated[uuid] {
+		d.shared.activated[uuid] = true
+		d.saveActivated()
+	}
+}
+
+// saveActivated writes the UUIDs of the LVs the driver activated to the
+// record (one a line, replaced whole). Called with shared.mu held.
+func (d *Driver) saveActivated() {
+	s := d.shared
+	if s.record == "" {
+		return
+	}
+	var b strings.Builder
+	for _, u := range slices.Sorted(maps.Keys(s.activated)) {
+		b.WriteString(u + "\n")
+	}
+	err := os.MkdirAll(filepath.Dir(s.record), 0o755)
+	if err == nil {
+		tmp := s.record + ".tmp"
+		if err = os.WriteFile(tmp, []byte(b.String()), 0o644); err == nil {
+			err = os.Rename(tmp, s.record)
+		}
+	}
+	if err != nil {
+		d.warnOnce("activated-record", "could not record which LVs this server activated; if it dies, "+
+			"deactivate them by hand (lvchange -an) to release their locks", slog.Any("err", err))
+	}
+}
+
+// releaseLeftovers deactivates the LVs that an earlier server of this mount
+// activated on this host and left active because it died (SIGKILL, a
+// crash) with them open: on a shared VG an active LV keeps its lock, so no
+// other host could use it. Only LVs nothing holds open any more are
+// deactivated (a process that opened /dev/VG/LV meanwhile keeps it); the
+// others are logged. The record is emptied.
+func (d *Driver) releaseLeftovers(ctx context.Context, l *listing) {
+	s := d.shared
+	if s == nil || s.record == "" {
+		return
+	}
+	b, err := os.ReadFile(s.record)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("could not read the record of LVs an earlier server activated", slog.String("file", s.record),
+				slog.Any("err", err))
+		}
+		return
+	}
+	byUUID := map[string]LV{}
+	for _, lv := range l.lvs {
+		byUUID[lv.UUID] = lv
+	}
+	changed := false
+	for _, uuid := range strings.Fields(string(b)) {
+		lv, ok := byUUID[uuid]
+		switch {
+		case !ok || !lv.Active:
+			continue // removed, or deactivated since
+		case lv.DeviceOpen():
+			d.log.Warn("an LV that an earlier server of this mount activated is still open on this host; it stays "+
+				"active and locked until it is closed and deactivated (lvchange -an)", slog.String("lv", lv.Name),
+				slog.String("holders", describeHolders(d.devPath(lv.Name))))
+			continue
+		}
+		d.log.Info("deactivating an LV that an earlier server of this mount left active (it stopped with the file "+
+			"open); this releases its lock", slog.String("lv", lv.Name))
+		if _, err := d.lvm.Run(ctx, "lvchange", "-an", d.cfg.VG+"/"+lv.Name); err != nil {
+			d.log.Warn("could not deactivate an LV left active by an earlier server; other hosts cannot use it "+
+				"until it is deactivated (lvchange -an)", slog.String("lv", lv.Name), slog.Any("err", err))
+			continue
+		}
+		changed = true
+		if lv.Thin() && lv.Pool != "" {
+			// lvmlockd frees a thin pool's lock when the pool is
+			// inactive; "in use": another thin LV of it is active.
+			_, _ = d.lvm.Run(ctx, "lvchange", "-an", d.cfg.VG+"/"+lv.Pool)
+		}
+	}
+	if changed {
+		d.invalidate()
+	}
+	s.mu.Lock()
+	d.saveActivated()
+	s.mu.Unlock()
 }
 
 var _ volmap.Idler = (*Driver)(nil)
@@ -298,7 +490,10 @@ func (d *Driver) Idle(ctx context.Context, name string) {
 	}
 	d.shared.mu.Lock()
 	ours := d.shared.activated[lv.UUID]
-	delete(d.shared.activated, lv.UUID)
+	if ours {
+		delete(d.shared.activated, lv.UUID)
+		d.saveActivated()
+	}
 	d.shared.mu.Unlock()
 	if !ours {
 		return

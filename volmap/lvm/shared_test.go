@@ -2,6 +2,7 @@ package lvm
 
 import (
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/volfs/volfs/volmap"
@@ -14,17 +15,23 @@ func TestParseLeaseHolder(t *testing.T) {
 01048576                             lvm_vgS                                             VGLK 0000000000 0001 0001 12
 70254592                             lvm_vgS                    ` + uuid + ` 0000002411 0002 0001 3
 71303168                             lvm_vgS                    Other1-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv 0000000000 0001 0001 2
+72351744                             lvm_vgS                    Shared-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv 0000000000 0002 0001 4
+                                                                                                          0001 0003 SH
+                                                                                                          0002 0001 SH
+73400320                             lvm_vgS                    Next11-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv 0000000000 0001 0001 1
 `
 	for _, c := range []struct {
 		uuid string
-		want int
+		want []int
 	}{
-		{uuid, 2},
-		{"Other1-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv", 0}, // released: timestamp 0
-		{"absent-uuid", 0},
+		{uuid, []int{2}},
+		{"Other1-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv", nil},         // released: timestamp 0
+		{"Shared-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv", []int{1, 2}}, // held shared by hosts 1 and 2
+		{"Next11-Cd3E-fG4h-Ij5K-lM6n-Op7Q-rS8tUv", nil},         // the SH rows above are not its
+		{"absent-uuid", nil},
 	} {
-		if got := parseLeaseHolder(dump, c.uuid); got != c.want {
-			t.Errorf("parseLeaseHolder(%s) = %d, want %d", c.uuid, got, c.want)
+		if got := parseLeaseHolders(dump, c.uuid); !slices.Equal(got, c.want) {
+			t.Errorf("parseLeaseHolders(%s) = %v, want %v", c.uuid, got, c.want)
 		}
 	}
 }
@@ -34,6 +41,11 @@ func TestSharedVGMessages(t *testing.T) {
 		Stderr: "  LV locked by other host: vgS/web\n  Failed to lock logical volume vgS/web.\n"}
 	if !errors.Is(held, volmap.ErrInUse) || !lockedElsewhere(held) || held.lockFailure() {
 		t.Errorf("LV locked by other host: want ErrInUse, not retried: %v", held)
+	}
+	sharedHere := &CmdError{Args: []string{"lvm", "lvresize"}, ExitCode: 5,
+		Stderr: "  LV is already locked with incompatible mode: vgS/web\n"}
+	if !errors.Is(sharedHere, volmap.ErrInUse) || sharedHere.lockFailure() {
+		t.Errorf("LV locked with incompatible mode: want ErrInUse, not retried: %v", sharedHere)
 	}
 	vgBusy := &CmdError{Args: []string{"lvm", "lvcreate"}, ExitCode: 5,
 		Stderr: "  Retrying ex lock on VG vgS\n  VG vgS lock failed: held by other host.\n"}

@@ -231,6 +231,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, image, name string, a meta.
 	if err != nil {
 		return volmap.Snapshot{}, err
 	}
+	if err := d.busyElsewhere(ctx, lv, "snapshot of "+image); err != nil {
+		return volmap.Snapshot{}, err
+	}
 	origin := d.volume(lv, image).Identity()
 	if _, err := d.snapLV(ctx, origin, name); err == nil {
 		return volmap.Snapshot{}, fmt.Errorf("snapshot %q of %s exists: %w", name, image, volmap.ErrExists)
@@ -328,6 +331,9 @@ func (d *Driver) Rollback(ctx context.Context, image, name string, a meta.Attrs)
 	defer d.invalidate()
 	lv, err := d.thinOrigin(ctx, image, "rollback")
 	if err != nil {
+		return err
+	}
+	if err := d.busyElsewhere(ctx, lv, "rollback of "+image); err != nil {
 		return err
 	}
 	origin := d.volume(lv, image).Identity()
