@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -599,6 +600,34 @@ func TestNoSpace(t *testing.T) {
 	if _, ok := m.volume("late"); ok {
 		t.Fatal("a failed create left a volume")
 	}
+}
+
+// A create that fails for another reason than space is not tried again at
+// the smaller size: the first volume may exist (an lvcreate interrupted
+// after it committed) and the second would fail with EEXIST.
+func TestCreateFailureNotRetried(t *testing.T) {
+	m := newTestMount(t, mountConfig{})
+	data := pattern(4*kib, 3)
+	var creates atomic.Int32
+	m.d.SetFault(func(op loopdir.Op, name string) error {
+		if op == loopdir.OpCreate && name == "failing" {
+			creates.Add(1)
+			return errors.New("injected: lvcreate interrupted")
+		}
+		return nil
+	})
+	fc, err := os.Create(m.path("failing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fc.Write(data); err == nil {
+		t.Fatal("write when the volume cannot be created succeeded")
+	}
+	if n := creates.Load(); n != 1 {
+		t.Fatalf("%d creates for one write, want 1 (no retry at a smaller size)", n)
+	}
+	fc.Close()
+	m.d.SetFault(nil)
 }
 
 // Names the driver refuses are refused at create and rename, before

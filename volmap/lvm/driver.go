@@ -255,6 +255,11 @@ func (d *Driver) invalidate() {
 	d.cache = nil
 	d.gen++
 	d.cacheMu.Unlock()
+	d.dropSpace()
+}
+
+// dropSpace drops the cached space.
+func (d *Driver) dropSpace() {
 	d.spaceMu.Lock()
 	d.spaceAt = time.Time{}
 	d.spaceMu.Unlock()
@@ -299,21 +304,49 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 	return l, nil
 }
 
-// patch replaces one LV in the cached listing with a state the driver
-// knows exactly (after SetAttrs), keeping the listing's age.
+// patch puts one LV into the cached listing in a state the driver knows
+// exactly (after its own lvcreate, lvresize or lvchange), keeping the
+// listing's age: the lookups that follow a change are then served without
+// another lvs of the whole VG. A cache invalidated meanwhile stays empty.
 func (d *Driver) patch(lv LV) {
+	d.edit(func(lvs map[string]LV) { lvs[lv.Name] = lv })
+}
+
+// unlist takes an LV the driver removed out of the cached listing.
+func (d *Driver) unlist(lvName string) {
+	d.edit(func(lvs map[string]LV) { delete(lvs, lvName) })
+}
+
+func (d *Driver) edit(f func(map[string]LV)) {
 	d.cacheMu.Lock()
 	defer d.cacheMu.Unlock()
 	d.gen++ // a refresh in flight may have read the old state
 	if d.cache == nil {
 		return
 	}
-	if _, ok := d.cache.lvs[lv.Name]; !ok {
+	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs)}
+	f(l.lvs)
+	d.cache = l
+}
+
+// spaceChanged accounts for the driver's own allocation (bytes > 0) or
+// release of VG space by a linear LV in the cached space, so that a
+// create does not cost a vgs; any other change drops the cached space.
+func (d *Driver) spaceChanged(lv LV, bytes int64) {
+	if lv.Thin() && d.cfg.ThinPool != "" {
+		// The pool's space changes with writes, not with thin LVs'
+		// sizes: the cache ages as it does between writes.
 		return
 	}
-	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs)}
-	l.lvs[lv.Name] = lv
-	d.cache = l
+	if t := layoutOf(lv).Type; t != "linear" && t != "striped" {
+		d.dropSpace() // RAID: images and metadata LVs
+		return
+	}
+	d.spaceMu.Lock()
+	defer d.spaceMu.Unlock()
+	if !d.spaceAt.IsZero() {
+		d.space.Free -= bytes
+	}
 }
 
 // fileName returns the file name of lv if it is a file of this mount.

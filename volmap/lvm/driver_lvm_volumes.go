@@ -121,8 +121,8 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	_, err = d.lvm.Run(ctx, "lvcreate", args...)
-	d.invalidate()
 	if err != nil {
+		d.invalidate()
 		err = fmt.Errorf("create %s (%s/%s, %d bytes, %s): %w", name, d.cfg.VG, lvName, bytes, layoutName(layout), err)
 		// LVM checks names and space before it writes anything; for
 		// other failures (activation, wiping, a cancelled command) the
@@ -133,12 +133,13 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 		}
 		return volmap.Volume{}, err
 	}
-	// Read the new LV (its UUID) with a full listing, which then serves
-	// the lookups that follow a create (and is shared with them).
-	l, err := d.fresh(ctx)
+	// Read the new LV (its UUID) with an lvs of it alone, and add it to
+	// the listing: the lookups that follow a create need no lvs of the
+	// whole VG (with many concurrent creates, one per create).
+	lv, err := d.readLV(ctx, lvName)
 	if err == nil {
-		lv, ok := l.lvs[lvName]
-		if _, isFile := d.fileName(lv); ok && isFile {
+		if _, isFile := d.fileName(lv); isFile {
+			d.spaceChanged(lv, lv.Size)
 			if d.shared != nil && d.cfg.LiveMigration && shareable(lv) {
 				// lvcreate activated it exclusively; open
 				// activates it shared.
@@ -148,12 +149,13 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 					return d.volume(lv, name), nil
 				}
 			}
+			d.patch(lv)
 			// lvcreate activated it (exclusively on a shared VG):
 			// Idle deactivates it once the file is not open.
 			d.noteActivated(lv.UUID)
 			return d.volume(lv, name), nil
 		}
-		err = fmt.Errorf("created LV %s/%s is missing or not a file of this mount: %+v", d.cfg.VG, lvName, lv)
+		err = fmt.Errorf("created LV %s/%s is not a file of this mount: %+v", d.cfg.VG, lvName, lv)
 	}
 	err = errors.Join(fmt.Errorf("create %s: %w", name, err), d.undoCreate(ctx, lvName))
 	d.invalidate()
@@ -321,10 +323,10 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 	if target < lv.Size && lv.Thin() {
 		d.discardTail(lv, target)
 	}
-	defer d.invalidate()
 	args := append([]string{"-f", "-L", bytesArg(target)}, d.resizeFSArgs(ctx)...)
 	args = append(args, d.cfg.VG+"/"+lv.Name)
 	if _, err := d.lvm.Run(ctx, "lvresize", args...); err != nil {
+		d.invalidate()
 		var ce *CmdError
 		if errors.As(err, &ce) && strings.Contains(ce.Stderr, "matches existing size") {
 			return target, nil // the listing was stale
@@ -332,6 +334,18 @@ func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, er
 		return 0, fmt.Errorf("resize %s (%s/%s) from %d to %d bytes: %w", name, d.cfg.VG, lv.Name, lv.Size, target,
 			d.heldElsewhere(ctx, lv, err))
 	}
+	if lv.Thin() && target < lv.Size {
+		d.invalidate() // discardTail gave chunks back: the pool's use is read again
+		return target, nil
+	}
+	// The listing keeps its age with the new size: a file growing by
+	// steps, or trimmed at its last close, costs no lvs of the VG.
+	d.spaceChanged(lv, target-lv.Size)
+	if lv.Thin() && lv.DataPercent > 0 {
+		lv.DataPercent *= float64(lv.Size) / float64(target) // as many bytes mapped
+	}
+	lv.Size = target
+	d.patch(lv)
 	return target, nil
 }
 

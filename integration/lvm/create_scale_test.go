@@ -1,0 +1,89 @@
+package lvm
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestScaleConcurrentCreate copies small images into the mount, 8 cp at a
+// time, and compares the time with the lvm commands that change the VG
+// for them (lvcreate, then lvresize and lvchange at the last close) run
+// one after another by lvm alone: lvm serializes on the VG lock, so that
+// is as fast as creating the volumes can be. It asserts the data, one
+// lvcreate per file and no more changing commands than that sequence (no
+// retry storm); it prints the times and the lvm commands per file. Slow
+// in the TCG guest (about 15 s per file on a loaded host), so it runs
+// only when VOLFS_SCALE_FILES gives the number of files (README "A
+// thousand images").
+func TestScaleConcurrentCreate(t *testing.T) {
+	const parallel = 8
+	files, err := strconv.Atoi(os.Getenv("VOLFS_SCALE_FILES"))
+	if err != nil || files <= 0 {
+		t.Skip("set VOLFS_SCALE_FILES=N to copy N images in at once (minutes in the guest)")
+	}
+	e := newVG(t)
+	src := e.file("src", 1*mib+4321, 7)
+	want := sha(t, src)
+	m := e.mount("--log-level", "debug")
+
+	before := len(m.logText())
+	start := time.Now()
+	script := fmt.Sprintf("seq 0 %d | xargs -P %d -I{} cp %s %s/c{}", files-1, parallel, src, m.dir)
+	if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
+		t.Fatalf("parallel cp: %v: %s", err, out)
+	}
+	took := time.Since(start)
+	time.Sleep(3 * time.Second) // the log lines of refreshes still running
+	cmds := map[string]int{}
+	var changing []string
+	re := regexp.MustCompile(` cmd="?(\w+) `)
+	for _, line := range strings.Split(m.logText()[before:], "\n") {
+		sm := re.FindStringSubmatch(line)
+		if !strings.Contains(line, " msg=lvm ") || sm == nil {
+			continue
+		}
+		cmds[sm[1]]++
+		if sm[1] != "lvs" && sm[1] != "vgs" {
+			changing = append(changing, sm[1])
+		}
+	}
+	total := 0
+	for _, n := range cmds {
+		total += n
+	}
+	t.Logf("%d files copied in, %d cp at a time: %v; lvm commands %v (%.1f per file)",
+		files, parallel, took.Round(time.Millisecond), cmds, float64(total)/float64(files))
+	for i := range files {
+		if got := sha(t, m.path(fmt.Sprintf("c%d", i))); got != want {
+			t.Fatalf("c%d: sha256 %s, want %s", i, got, want)
+		}
+	}
+	if cmds["lvcreate"] != files {
+		t.Errorf("%d lvcreate for %d files, want one each", cmds["lvcreate"], files)
+	}
+	if len(changing) > 3*files {
+		t.Errorf("%d lvm commands changed the VG for %d files (%v), want at most 3 per file", len(changing), files, cmds)
+	}
+	if retries := strings.Count(m.logText()[before:], "retrying"); retries > 0 {
+		t.Errorf("the server retried lvm commands %d times", retries)
+	}
+	m.umount()
+
+	// The same changes, by lvm alone, one after another.
+	start = time.Now()
+	for i := range files {
+		lv := fmt.Sprintf("%s/b%d", e.vg, i)
+		sh(t, "lvcreate", "-q", "-Wy", "-Zy", "-L", "64m", "-n", fmt.Sprintf("b%d", i), "--addtag", "a", e.vg)
+		sh(t, "lvresize", "-q", "-f", "-L", "4m", lv)
+		sh(t, "lvchange", "-q", "--addtag", "b", lv)
+	}
+	base := time.Since(start)
+	t.Logf("the same %d lvcreate, lvresize and lvchange by lvm alone, one after another: %v; volfs / lvm alone: %.2f (volfs ran %v)",
+		files, base.Round(time.Millisecond), float64(took)/float64(base), len(changing))
+}
