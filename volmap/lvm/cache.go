@@ -80,16 +80,6 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 	return f.wait(ctx)
 }
 
-// fresh returns a listing read by an lvs that started after the cache was
-// last invalidated: call it after a change (and its invalidate) to see the
-// change. Requests that need a listing meanwhile share that lvs.
-func (d *Driver) fresh(ctx context.Context) (*listing, error) {
-	d.cacheMu.Lock()
-	f := d.startLocked(ctx, time.Time{})
-	d.cacheMu.Unlock()
-	return f.wait(ctx)
-}
-
 // startLocked returns the refresh in flight for the current generation of
 // the cache if it started at notBefore or later, and starts one otherwise.
 // The refresh does not stop when the request that started it is

@@ -223,7 +223,7 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 	deletedPrefix, _ := volmap.HiddenName(deletedLabel)
 	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
 		if _, renaming := intentOf(l.lvs[name]); renaming {
-			continue // the target of a rename over an open file (recoverReplaces)
+			continue // the target of a rename over an open file (replaceRecovery)
 		}
 		if strings.HasPrefix(name, deletedPrefix) && slices.Contains(l.lvs[name].Tags, d.tag) {
 			// A file removed while open, whose server stopped before
@@ -236,8 +236,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 	}
 	d.releaseLeftovers(ctx, l)
-	rolled := d.recoverRollbacks(ctx, l)
-	if d.recoverReplaces(ctx, l) || rolled {
+	rolled := d.recover(ctx, l, d.rollbackRecovery())
+	if d.recover(ctx, l, d.replaceRecovery()) || rolled {
 		d.invalidate()
 	}
 	return d, nil
@@ -309,15 +309,6 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 // listing's age: the lookups that follow a change are then served without
 // another lvs of the whole VG. A cache invalidated meanwhile stays empty.
 func (d *Driver) patch(lv LV) {
-	d.edit(func(lvs map[string]LV) { lvs[lv.Name] = lv })
-}
-
-// unlist takes an LV the driver removed out of the cached listing.
-func (d *Driver) unlist(lvName string) {
-	d.edit(func(lvs map[string]LV) { delete(lvs, lvName) })
-}
-
-func (d *Driver) edit(f func(map[string]LV)) {
 	d.cacheMu.Lock()
 	defer d.cacheMu.Unlock()
 	d.gen++ // a refresh in flight may have read the old state
@@ -325,7 +316,7 @@ func (d *Driver) edit(f func(map[string]LV)) {
 		return
 	}
 	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs)}
-	f(l.lvs)
+	l.lvs[lv.Name] = lv
 	d.cache = l
 }
 

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -275,24 +274,6 @@ func (d *Driver) dropIntent(ctx context.Context, lvName, tag string) error {
 	return nil
 }
 
-// recoveryAction is what recoverReplace does with one LV.
-type recoveryAction int
-
-const (
-	recoverNone      recoveryAction = iota // not a replace leftover
-	recoverDropTag                         // an intent on an LV never moved aside (or already moved back): delete the tag
-	recoverUndo                            // source not renamed yet: rename the aside LV back to the target name, delete the tag
-	recoverFinish                          // source has the target name: remove the aside LV
-	recoverWait                            // the process that wrote the intent still runs
-	recoverStuck                           // the target name is held by an LV that is not the source: leave it, tell the operator
-	recoverUnknown                         // an aside LV without an intent (older volfs): leave it, tell the operator
-	recoverRemoveNew                       // rollback only: an incomplete new LV holds the name: remove it, then undo
-)
-
-func (a recoveryAction) String() string {
-	return [...]string{"none", "drop-tag", "undo", "finish", "wait", "stuck", "unknown", "remove-new-then-undo"}[a]
-}
-
 // planRecovery decides what to do with lv after a replace that may have
 // been interrupted, from a listing of the whole VG. boot is this machine's
 // boot ID; alive tells whether a process of this boot runs.
@@ -322,61 +303,28 @@ func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(
 	}
 }
 
-// recoverReplaces finishes or undoes the replaces that a crash interrupted
-// (see Replace), logging what it did. Runs in New, before the mount serves.
-// It reports whether it changed anything.
-func (d *Driver) recoverReplaces(ctx context.Context, l *listing) bool {
-	boot := bootID()
-	changed := false
-	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
-		lv := l.lvs[name]
-		action, ri := d.planRecovery(l.lvs, lv, boot, ownerRunning)
-		log := d.log.With(slog.String("lv", name), slog.String("action", action.String()))
-		switch action {
-		case recoverNone:
-			continue
-		case recoverUnknown:
-			log.Warn("LV left by an interrupted rename over an existing file, without a record of the rename: it is "+
+// replaceRecovery finishes or undoes the replaces that a crash
+// interrupted (see Replace).
+func (d *Driver) replaceRecovery() recovery {
+	return recovery{
+		what: "an interrupted rename over an existing file",
+		plan: func(lvs map[string]LV, lv LV, boot string, alive func(proc.ID) bool) (recoveryAction, intent) {
+			a, ri := d.planRecovery(lvs, lv, boot, alive)
+			return a, intent{tag: ri.tag, owner: ri.owner, target: ri.target,
+				attrs: []any{slog.String("target", ri.target), slog.String("source_uuid", ri.srcUUID)}}
+		},
+		says: map[recoveryAction]string{
+			recoverUnknown: "LV left by an interrupted rename over an existing file, without a record of the rename: it is " +
 				"either the replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
-				slog.Any("tags", lv.Tags))
-			continue
-		case recoverWait:
-			log.Warn("a rename over an existing file is in progress in another volfs process; leaving it alone",
-				slog.Int("pid", ri.owner.Pid), slog.String("target", ri.target))
-			continue
-		case recoverStuck:
-			log.Error("interrupted rename over an existing file cannot be undone: the target name is taken by "+
+			recoverWait: "a rename over an existing file is in progress in another volfs process; leaving it alone",
+			recoverStuck: "interrupted rename over an existing file cannot be undone: the target name is taken by " +
 				"another LV; rename or remove one of them with lvrename/lvremove",
-				slog.String("target", ri.target), slog.String("target_uuid", l.lvs[ri.target].UUID),
-				slog.String("source_uuid", ri.srcUUID))
-			continue
-		}
-		changed = true
-		var err error
-		switch action {
-		case recoverDropTag:
-			_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+name)
-			if err == nil {
-				log.Info("a rename over this file was interrupted before it changed anything; removed its record")
-			}
-		case recoverUndo:
-			if err = d.rename(ctx, name, ri.target); err == nil {
-				_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+ri.target)
-			}
-			if err == nil {
-				log.Info("undid a rename over an existing file interrupted before the source took the name: "+
-					"the replaced file is back", slog.String("target", ri.target))
-			}
-		case recoverFinish:
-			if err = d.remove(ctx, ri.target+" (replaced)", name); err == nil {
-				log.Info("finished a rename over an existing file interrupted after the source took the name: "+
-					"removed the replaced file's LV", slog.String("target", ri.target))
-			}
-		}
-		if err != nil {
-			log.Error("could not recover an interrupted rename over an existing file; volfs retries at its next "+
-				"start", slog.String("target", ri.target), slog.Any("err", err))
-		}
+			recoverDropTag: "a rename over this file was interrupted before it changed anything; removed its record",
+			recoverUndo: "undid a rename over an existing file interrupted before the source took the name: " +
+				"the replaced file is back",
+			recoverFinish: "finished a rename over an existing file interrupted after the source took the name: " +
+				"removed the replaced file's LV",
+		},
+		finishing: "(replaced)",
 	}
-	return changed
 }

@@ -1,9 +1,7 @@
 package lvm
 
 import (
-	"context"
 	"log/slog"
-	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -109,70 +107,30 @@ func (d *Driver) planRollbackRecovery(lvs map[string]LV, lv LV, boot string, ali
 	}
 }
 
-// recoverRollbacks finishes or undoes the rollbacks that a crash
-// interrupted (see Rollback), logging what it did and naming the LVs. Runs
-// in New, before the mount serves. It reports whether it changed anything.
-func (d *Driver) recoverRollbacks(ctx context.Context, l *listing) bool {
-	boot := bootID()
-	changed := false
-	for _, name := range slices.Sorted(maps.Keys(l.lvs)) {
-		lv := l.lvs[name]
-		action, ri := d.planRollbackRecovery(l.lvs, lv, boot, ownerRunning)
-		log := d.log.With(slog.String("lv", name), slog.String("action", action.String()))
-		if action != recoverNone && action != recoverUnknown {
-			log = log.With(slog.String("image_lv", ri.target), slog.String("snapshot_lv", ri.snapLV))
-		}
-		switch action {
-		case recoverNone:
-			continue
-		case recoverUnknown:
-			log.Error("an interrupted snapshot rollback of an older volfs left an image's LV under a hidden name, "+
-				"without a record of its name: if a file has the same inode number (the rollback took effect), remove "+
+// rollbackRecovery finishes or undoes the rollbacks that a crash
+// interrupted (see Rollback).
+func (d *Driver) rollbackRecovery() recovery {
+	return recovery{
+		what: "an interrupted snapshot rollback",
+		plan: func(lvs map[string]LV, lv LV, boot string, alive func(proc.ID) bool) (recoveryAction, intent) {
+			a, ri := d.planRollbackRecovery(lvs, lv, boot, alive)
+			return a, intent{tag: ri.tag, owner: ri.owner, target: ri.target,
+				attrs: []any{slog.String("image_lv", ri.target), slog.String("snapshot_lv", ri.snapLV)}}
+		},
+		says: map[recoveryAction]string{
+			recoverUnknown: "an interrupted snapshot rollback of an older volfs left an image's LV under a hidden name, " +
+				"without a record of its name: if a file has the same inode number (the rollback took effect), remove " +
 				"this LV with lvremove; otherwise give it back its name with lvrename VG LV NAME",
-				slog.Any("tags", lv.Tags))
-			continue
-		case recoverWait:
-			log.Warn("a snapshot rollback is in progress in another volfs process; leaving it alone",
-				slog.Int("pid", ri.owner.Pid))
-			continue
-		case recoverStuck:
-			log.Error("interrupted snapshot rollback cannot be undone: the image's LV name is taken by an LV that "+
+			recoverWait: "a snapshot rollback is in progress in another volfs process; leaving it alone",
+			recoverStuck: "interrupted snapshot rollback cannot be undone: the image's LV name is taken by an LV that " +
 				"is not the rolled-back image; rename or remove one of them with lvrename/lvremove",
-				slog.String("holder_uuid", l.lvs[ri.target].UUID))
-			continue
-		}
-		changed = true
-		var err error
-		switch action {
-		case recoverDropTag:
-			_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+name)
-			if err == nil {
-				log.Info("a snapshot rollback was interrupted before it changed anything; removed its record")
-			}
-		case recoverRemoveNew:
-			if _, err = d.lvm.Run(ctx, "lvremove", d.cfg.VG+"/"+ri.target); err != nil {
-				break
-			}
-			log.Info("removed the incomplete LV an interrupted snapshot rollback had created under the image's name")
-			fallthrough
-		case recoverUndo:
-			if err = d.rename(ctx, name, ri.target); err == nil {
-				_, err = d.lvm.Run(ctx, "lvchange", "--deltag", ri.tag, d.cfg.VG+"/"+ri.target)
-			}
-			if err == nil {
-				log.Info("undid a snapshot rollback interrupted before it took effect: the image is back under " +
-					"its LV name with its data from before the rollback")
-			}
-		case recoverFinish:
-			if err = d.remove(ctx, ri.target+" (before rollback)", name); err == nil {
-				log.Info("finished a snapshot rollback interrupted after it took effect: removed the image's LV " +
-					"from before the rollback")
-			}
-		}
-		if err != nil {
-			log.Error("could not recover an interrupted snapshot rollback; volfs retries at its next start",
-				slog.Any("err", err))
-		}
+			recoverDropTag:   "a snapshot rollback was interrupted before it changed anything; removed its record",
+			recoverRemoveNew: "removed the incomplete LV an interrupted snapshot rollback had created under the image's name",
+			recoverUndo: "undid a snapshot rollback interrupted before it took effect: the image is back under " +
+				"its LV name with its data from before the rollback",
+			recoverFinish: "finished a snapshot rollback interrupted after it took effect: removed the image's LV " +
+				"from before the rollback",
+		},
+		finishing: "(before rollback)",
 	}
-	return changed
 }

@@ -317,7 +317,7 @@ func (d *Driver) RenameSnapshot(ctx context.Context, origin, oldName, newName st
 //  3. the aside LV is removed, and the intent with it.
 //
 // A failed step undoes the earlier ones. A crash at any point is finished
-// or undone by the next New (recoverRollbacks): if the LV under the image's
+// or undone by the next New (rollbackRecovery): if the LV under the image's
 // name is the rolled-back one (step 2 done), the aside LV is removed;
 // otherwise the aside LV gets its name back. After a crash the file has
 // its old data or the snapshot's, never neither.
