@@ -246,8 +246,8 @@ type metaFile struct {
 
 var soakModes = []string{"600", "640", "644", "604", "660"}
 
-// metaWorker makes n small thin files of its own (the first steps of its
-// loop) and then, on one of them at a time, chmods, sets and removes user.soak, renames it away and back,
+// metaWorker makes n small thin files of its own (one more at each step
+// until it has them) and, on one of them at a time, chmods, sets and removes user.soak, renames it away and back,
 // replaces it by a new file (mv over it), creates and removes another
 // file; after each step it checks the file's mode, size and xattr (and
 // every few steps its bytes) with stat, getfattr and sha256sum.
@@ -283,15 +283,16 @@ func (s *soak) metaWorker(w, n int, blobs []source) func() {
 	}
 	made, step := 0, 0
 	return func() {
-		for ; made < n && !s.stopped(); made++ {
-			f := &metaFile{name: fmt.Sprintf("m%d-%d", w, made), mode: "644", sum: blobs[made%2].sum}
-			if _, ok := s.run("cp", blobs[made%2].path, s.m.path(f.name)); !ok || !check(f, false) {
-				return
-			}
-			files[made] = f
-			s.count("create")
-		}
 		for !s.stopped() {
+			if made < n {
+				f := &metaFile{name: fmt.Sprintf("m%d-%d", w, made), mode: "644", sum: blobs[made%2].sum}
+				if _, ok := s.run("cp", blobs[made%2].path, s.m.path(f.name)); !ok || !check(f, false) {
+					return
+				}
+				files[made] = f
+				made++
+				s.count("create")
+			}
 			f := files[rng.IntN(made)]
 			p := s.m.path(f.name)
 			step++
