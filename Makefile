@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 20s
 VMRUN     := $(CURDIR)/integration/vm/vmrun.sh
 
-.PHONY: all build test hosttest racetest vmtest faulttest multihost-test lint fuzz bench demo deps clean install uninstall
+.PHONY: all build test hosttest racetest vmtest faulttest soak multihost-test lint fuzz bench demo deps clean install uninstall
 
 # Where `make install` puts things; DESTDIR is prepended to each.
 # mount(8) looks for helpers in /sbin only, whatever the PREFIX.
@@ -63,6 +63,16 @@ faulttest: build
 		./integration/lvm/
 	VOLFS_BIN=$(CURDIR)/bin/volfs VOLFS_POWERLOSS=run $(GO) test -count=1 -timeout 40m -v \
 		-run '^TestFaultPowerLoss$$' ./integration/lvm/
+
+# The load test (README "Reliability", "Load"), longer than in vmtest:
+# fio --verify, copies and metadata loops at once on one mount of linear
+# and thin files for DURATION (Go syntax; make vmtest runs 2m), the
+# server's RSS, fds, threads and goroutines sampled and printed.
+DURATION ?= 10m
+soak: build
+	$(GO) test -count=1 -p 1 -timeout 300m -v -run 'TestSoak' \
+		-exec "$(VMRUN) -t 18300 -D 4G -e VOLFS_BIN=$(CURDIR)/bin/volfs -e VOLFS_SOAK_DURATION=$(DURATION) --" \
+		./integration/lvm/
 
 # Several hosts on one shared VG (lvmlockd + sanlock): two guests at once
 # sharing one disk (scripts/multihost-test.sh). Slow (minutes under TCG):

@@ -173,9 +173,9 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 			// The node may have changed its volume after the listing
 			// was read (a last close trims it and records the size).
 			n.mu.Lock()
-			f.Handles = n.opens
+			f.Handles = int(n.opens.Load())
 			newer := n.changed > since
-			if !n.gone && (newer || n.opens > 0 || n.written.Load() || v.Size == n.devSize) {
+			if !n.gone && (newer || n.opens.Load() > 0 || n.written.Load() || v.Size == n.devSize) {
 				f.Size = n.size.Load()
 			}
 			if !n.gone && newer && !v.Thin {
@@ -188,7 +188,7 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 	}
 	for _, n := range pending {
 		n.mu.Lock()
-		f := FileInfo{Name: n.name, Size: n.size.Load(), Pending: true, Handles: n.opens}
+		f := FileInfo{Name: n.name, Size: n.size.Load(), Pending: true, Handles: int(n.opens.Load())}
 		if lo := r.layouter; lo != nil {
 			// The layout its volume is to be created with.
 			l := n.layout
@@ -314,12 +314,10 @@ func (in *Inspector) OpenFiles() (files, handles int) {
 	}
 	r.mu.Unlock()
 	for _, n := range nodes {
-		n.mu.Lock()
-		if n.opens > 0 {
+		if o := int(n.opens.Load()); o > 0 {
 			files++
-			handles += n.opens
+			handles += o
 		}
-		n.mu.Unlock()
 	}
 	return files, handles
 }

@@ -58,7 +58,7 @@ func (n *Image) replaceWhileOpen(ctx context.Context, src, name string) (done bo
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.opens == 0 || n.gone {
+	if n.opens.Load() == 0 || n.gone {
 		return false, nil
 	}
 	token, err := dr.ReplaceDetach(ctx, src, name)

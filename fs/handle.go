@@ -206,9 +206,9 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 		// /proc/PID/fd, as on any file system.
 		return nil, 0, syscall.ENOENT
 	}
-	n.opens++
-	n.single.Store(n.opens == 1)
-	if n.opens == 1 {
+	opens := n.opens.Add(1)
+	n.single.Store(opens == 1)
+	if opens == 1 {
 		n.root.registerOpen(n)
 	}
 	if !n.pending && n.dev.Load() == nil {
@@ -252,9 +252,9 @@ func (n *Image) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32
 
 // undoOpenLocked takes back the count of an open that failed.
 func (n *Image) undoOpenLocked(ctx context.Context) {
-	n.opens--
-	n.single.Store(n.opens == 1)
-	if n.opens > 0 {
+	opens := n.opens.Add(-1)
+	n.single.Store(opens == 1)
+	if opens > 0 {
 		return
 	}
 	n.root.unregisterOpen(n)
@@ -500,9 +500,9 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	n := h.node
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.opens--
-	n.single.Store(n.opens == 1)
-	if n.opens > 0 {
+	opens := n.opens.Add(-1)
+	n.single.Store(opens == 1)
+	if opens > 0 {
 		return 0
 	}
 	return n.lastCloseLocked(ctx)
@@ -550,7 +550,7 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 // a shared VG, its LV is deactivated and other hosts may use it). Nothing
 // happens while a handle is open.
 func (n *Image) idleLocked(ctx context.Context) {
-	if n.opens > 0 || n.gone || n.pending {
+	if n.opens.Load() > 0 || n.gone || n.pending {
 		return
 	}
 	if id, ok := n.root.drv.(volmap.Idler); ok {

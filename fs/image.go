@@ -44,7 +44,10 @@ type Image struct {
 	attrs    meta.Attrs // in memory; attrs.Size is unused (see size)
 	saved    meta.Attrs // what the driver has persisted
 	devSize  int64      // the device's size in bytes
-	opens    int        // open handles
+	// opens counts the open handles: changed under mu, read without it
+	// by volfs status and the metrics, which must not wait behind an
+	// lvm command or a device flush that holds mu (forever on a hung disk).
+	opens atomic.Int32
 	// changed is the root's epoch after this node last changed its volume
 	// through the driver (create, resize, attributes, rename). A driver
 	// description read before that is older than the node's own state.
@@ -175,7 +178,7 @@ func (n *Image) refresh(v volmap.Volume, since uint64) {
 	}
 	n.name = v.Name
 	switch {
-	case n.opens > 0 || n.pending || n.written.Load():
+	case n.opens.Load() > 0 || n.pending || n.written.Load():
 		n.vol.Used = v.Used
 	case v.Size != n.devSize:
 		// Resized by another tool (lvextend, lvreduce): the file is as
@@ -218,7 +221,7 @@ func (n *Image) detach(ctx context.Context) (bool, syscall.Errno) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.opens == 0 || n.gone {
+	if n.opens.Load() == 0 || n.gone {
 		return false, 0
 	}
 	token, err := dt.Detach(ctx, n.name)
@@ -495,7 +498,7 @@ func (n *Image) truncateLocked(ctx context.Context, size int64) syscall.Errno {
 	n.size.Store(size)
 	now := time.Now()
 	n.attrs.Mtime, n.attrs.Ctime = now, now
-	if n.opens == 0 {
+	if n.opens.Load() == 0 {
 		n.trimLocked(ctx)
 	}
 	return n.persistFlushedLocked(ctx, "flush before truncate")
@@ -562,7 +565,7 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 	n.changedLocked()
 	if err != nil {
 		errno := n.root.toErrno("create", n.name, err)
-		if n.opens == 0 {
+		if n.opens.Load() == 0 {
 			// The last close of a file that never got a volume (a full
 			// VG): nothing holds it any more and it cannot be created,
 			// so it leaves the directory instead of being listed, empty
@@ -602,7 +605,7 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 	}
 	n.root.nodes[n.ino] = n
 	n.root.mu.Unlock()
-	if n.opens > 0 {
+	if n.opens.Load() > 0 {
 		return n.openDeviceLocked(ctx)
 	}
 	return 0

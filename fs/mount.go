@@ -126,8 +126,8 @@ func (r *Root) Shutdown(ctx context.Context) {
 	r.mu.Unlock()
 	for _, n := range nodes {
 		n.mu.Lock()
-		if n.opens > 0 || n.dev.Load() != nil || n.pending {
-			n.opens = 0
+		if n.opens.Load() > 0 || n.dev.Load() != nil || n.pending {
+			n.opens.Store(0)
 			n.lastCloseLocked(ctx)
 		} else {
 			n.persistLocked(ctx)

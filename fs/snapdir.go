@@ -191,9 +191,9 @@ func (r *Root) Rollback(ctx context.Context, image, name string) error {
 	if n != nil {
 		n.mu.Lock()
 		defer n.mu.Unlock()
-		if n.opens > 0 {
+		if n.opens.Load() > 0 {
 			return r.opError("rollback", image, fmt.Errorf("rollback of %s: the file is open through the mount (%d handles): "+
-				"close it (stop the VM using it) first: %w", image, n.opens, volmap.ErrInUse))
+				"close it (stop the VM using it) first: %w", image, n.opens.Load(), volmap.ErrInUse))
 		}
 		a = n.attrs.Clone()
 	}

@@ -3,12 +3,14 @@ package lvm
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLsStatusThinPool: volfs ls, volfs status and the metrics of a mount
@@ -122,9 +124,22 @@ func runJSON(t testing.TB, v any, args ...string) {
 // scrapeMetrics reads a Prometheus text exposition: value by "name{labels}".
 func scrapeMetrics(t testing.TB, addr string) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
+	m, err := metrics(addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// metricsClient keeps no idle connection: a scrape leaves no fd or
+// goroutine behind, in the test or in the server.
+var metricsClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
+
+// metrics is scrapeMetrics for any goroutine: it returns its error.
+func metrics(addr string) (map[string]float64, error) {
+	resp, err := metricsClient.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return nil, err
 	}
 	defer resp.Body.Close()
 	m := map[string]float64{}
@@ -140,5 +155,11 @@ func scrapeMetrics(t testing.TB, addr string) map[string]float64 {
 			m[line[:i]] = v
 		}
 	}
-	return m
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("metrics at %s: %w", addr, err)
+	}
+	if resp.StatusCode != http.StatusOK || len(m) == 0 {
+		return nil, fmt.Errorf("metrics at %s: %s, %d values", addr, resp.Status, len(m))
+	}
+	return m, nil
 }
