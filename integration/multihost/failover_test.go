@@ -31,17 +31,8 @@ func TestFailover(t *testing.T) {
 	if os.Getenv(failoverEnv) != "1" {
 		t.Skipf("%s=1 not set: host 1 powers its guest off (scripts/multihost-test.sh runs it in guests of its own)", failoverEnv)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			sync.Fail(t.Name() + " failed on this host")
-		}
-	})
 	ensureVG(t)
-	if hostID == 1 {
-		failoverHost1(t)
-	} else {
-		failoverHost2(t)
-	}
+	onHosts(t, failoverHost1, failoverHost2)
 }
 
 const foFile = "fo"

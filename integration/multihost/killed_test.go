@@ -20,17 +20,8 @@ func TestKilledServerReleases(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			sync.Fail(t.Name() + " failed on this host")
-		}
-	})
 	ensureVG(t)
-	if hostID == 1 {
-		killedHost1(t)
-	} else {
-		killedHost2(t)
-	}
+	onHosts(t, killedHost1, killedHost2)
 }
 
 const keptFile = "kept"

@@ -28,17 +28,8 @@ func TestLiveMigration(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			sync.Fail(t.Name() + " failed on this host")
-		}
-	})
 	ensureVG(t)
-	if hostID == 1 {
-		migrationHost1(t)
-	} else {
-		migrationHost2(t)
-	}
+	onHosts(t, migrationHost1, migrationHost2)
 }
 
 const migFile = "mig"

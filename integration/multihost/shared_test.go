@@ -47,6 +47,12 @@ func TestSharedVG(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
+	onHosts(t, host1, host2)
+}
+
+// onHosts runs host 1's or host 2's part of a test, by this guest's host
+// id; a failure ends the other host's part too (sync.Fail).
+func onHosts(t *testing.T, host1, host2 func(*testing.T)) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			sync.Fail(t.Name() + " failed on this host")
