@@ -156,15 +156,7 @@ done`
 			startOp(t, "create", "cp", srcC, m.path(c)),
 			startOp(t, "rename", "mv", m.path(ra), m.path(rb)),
 			startOp(t, "truncate", "truncate", "-s", strconv.FormatInt(newT, 10), m.path(tr))}
-		time.Sleep(delay) // the kill point (random: what this test explores)
-		for _, o := range ops {
-			o.poll()
-		}
-		ackedBefore := acked.Load()
-		m.crash()
-		for _, o := range ops {
-			o.wait(t)
-		}
+		ackedBefore := m.killAt(t, delay, ops, &acked)
 		<-scanned
 		pr.Close()
 		m.start()
@@ -350,4 +342,20 @@ func (e *env) noHiddenLVs(when string) {
 			}
 		}
 	}
+}
+
+// killAt sleeps until the kill point (random: what these tests explore),
+// notes which operations had ended, kills the server and waits for every
+// operation to end. It returns the fsyncs acknowledged before the kill.
+func (m *mount) killAt(t *testing.T, delay time.Duration, ops []*op, acked *atomic.Int64) int64 {
+	time.Sleep(delay)
+	for _, o := range ops {
+		o.poll()
+	}
+	before := acked.Load()
+	m.crash()
+	for _, o := range ops {
+		o.wait(t)
+	}
+	return before
 }

@@ -127,15 +127,7 @@ func TestFaultKillSnapshot(t *testing.T) {
 		// points stratified as in TestFaultKillLoop.
 		span := 20 * time.Second / time.Duration(rounds)
 		delay := time.Duration(i)*span + time.Duration(rand.Int64N(int64(span)))
-		time.Sleep(delay) // the kill point (random: what this test explores)
-		for _, o := range ops {
-			o.poll()
-		}
-		ackedBefore := acked.Load()
-		m.crash()
-		for _, o := range ops {
-			o.wait(t)
-		}
+		ackedBefore := m.killAt(t, delay, ops, &acked)
 		select {
 		case <-werr:
 		case <-time.After(60 * time.Second):
