@@ -98,6 +98,11 @@ type Driver struct {
 
 	warned sync.Map // keys of warnings already logged
 
+	// healthMu guards degraded: the health of the file LVs last seen
+	// degraded, by UUID (noteHealth logs the changes).
+	healthMu sync.Mutex
+	degraded map[string]string
+
 	snaps snapState // snapshots.go
 
 	// shared is set when the VG is shared between hosts (shared.go).
@@ -283,6 +288,7 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 		d.cache = l
 	}
 	d.cacheMu.Unlock()
+	d.noteHealth(rows)
 	return l, nil
 }
 
