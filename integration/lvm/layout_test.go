@@ -101,6 +101,8 @@ type lsFile struct {
 	Layout   string `json:"layout"`
 	Health   string `json:"health"`
 	Degraded bool   `json:"degraded"`
+	// SyncPercent is how far a RAID volume's copies are in sync.
+	SyncPercent *float64 `json:"sync_percent"`
 }
 
 func lsLayouts(t *testing.T, m *mount) map[string]lsFile {
@@ -314,10 +316,7 @@ func TestLayoutXattr(t *testing.T) {
 	}
 	sameData(t, concat(t, e, "conv-want2", src, tail), m.path("conv"))
 	// Back to linear: LVM removes images only from an array in sync.
-	waitFor(t, "conv in sync", 5*time.Minute, func() bool {
-		out, _ := try("lvs", "--noheadings", "-o", "sync_percent", e.vg+"/conv")
-		return strings.TrimSpace(out) == "100.00"
-	})
+	e.waitInSync("conv")
 	// The CLI shows it and changes it back to linear.
 	if out := sh(t, volfsBin, "layout", m.path("conv")); !strings.Contains(out, "layout: raid1 mirrors=1\n") ||
 		!strings.Contains(out, "health: ok\n") || !strings.Contains(out, "in sync: ") {
@@ -336,10 +335,13 @@ func TestLayoutXattr(t *testing.T) {
 	sameData(t, concat(t, e, "conv-want3", src, tail), m.path("conv"))
 }
 
-// inSync reports whether LVM says the RAID LV's copies are complete.
+// inSync reports whether LVM says the RAID LV's copies are complete
+// (stdout only: with a PV missing, lvs warns on stderr).
 func (e *env) inSync(name string) bool {
-	out, _ := try("lvs", "--noheadings", "-o", "sync_percent", e.vg+"/"+name)
-	return strings.TrimSpace(out) == "100.00"
+	cmd := exec.Command("lvs", "--noheadings", "-o", "sync_percent", e.vg+"/"+name)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	out, _ := cmd.Output()
+	return strings.TrimSpace(string(out)) == "100.00"
 }
 
 func (e *env) waitInSync(name string) {
@@ -454,7 +456,7 @@ func TestLayoutConvertOnline(t *testing.T) {
 		t.Errorf("conv after conversion to raid1: %+v", p)
 	}
 	f := lsLayouts(t, m)["conv"]
-	if f.Layout != "raid1 mirrors=1" || !strings.HasPrefix(f.Health, "syncing ") {
+	if f.Layout != "raid1 mirrors=1" || f.Health != "ok" || f.SyncPercent == nil || *f.SyncPercent >= 100 {
 		t.Errorf("volfs ls --json conv while its new copy syncs: %+v", f)
 	}
 	if out := sh(t, volfsBin, "ls", m.dir); !strings.Contains(out, "syncing") {
@@ -860,11 +862,15 @@ func TestLayoutDegraded(t *testing.T) {
 	if !m.logHas("RAID volume is degraded", "volume=r", "lvconvert --repair") {
 		t.Errorf("the log does not say r is degraded:\n%s", m.logText())
 	}
-	if out, err := try("dd", "if="+more, "of="+m.path("r"), "bs=1M", "oflag=append", "conv=notrunc,fsync", "status=none"); err != nil {
-		t.Logf("growing r while degraded: %v: %s", err, out)
-	} else {
-		t.Logf("growing r while degraded worked")
+	// Growing it is not: LVM changes no VG with a PV missing.
+	if out, err := try("dd", "if="+more, "of="+m.path("r"), "bs=1M", "oflag=append", "conv=notrunc,fsync",
+		"status=none"); err == nil || !strings.Contains(out, "Input/output error") {
+		t.Errorf("growing r while degraded: %v, want EIO: %s", err, out)
 	}
+	if !m.logHas("resize failed", "volume=r", "while PVs are missing") {
+		t.Errorf("the log does not say why r could not grow:\n%s", m.logText())
+	}
+	sameData(t, want, m.path("r"))
 	t.Logf("lvs: %s", sh(t, "lvs", "-a", "-o", "lv_name,segtype,lv_attr,lv_health_status,sync_percent,devices", e.vg))
 
 	// The repair README shows: the lost copy is rebuilt on the spare PV,
