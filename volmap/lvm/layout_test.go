@@ -224,3 +224,20 @@ func TestNoteHealth(t *testing.T) {
 		}
 	}
 }
+
+// TestVGPVs: a missing PV ("[unknown]" in pvs, as after a disk failed
+// under a raid1 LV in TestLayoutDegraded) is not passed to --devices.
+func TestVGPVs(t *testing.T) {
+	rows, err := parseRows([]byte(`{"report":[{"pv":[
+		{"pv_name":"/dev/mapper/vgpv0", "vg_name":"vg"},
+		{"pv_name":"/dev/mapper/vgpv2", "vg_name":"vg"},
+		{"pv_name":"[unknown]", "vg_name":"vg"},
+		{"pv_name":"/dev/vdz", "vg_name":"other"}
+	]}]}`), "pv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := vgPVs(rows, "vg"), []string{"/dev/mapper/vgpv0", "/dev/mapper/vgpv2"}; !slices.Equal(got, want) {
+		t.Errorf("vgPVs = %q, want %q", got, want)
+	}
+}
