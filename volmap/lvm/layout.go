@@ -240,16 +240,13 @@ func planConvert(lv LV, from, to volmap.Layout, extent int64) (convertPlan, erro
 	case from.Type == "raid1" && to.Type == "linear":
 		return convertPlan{args: layoutArgs(to)}, nil
 	case from.Type == "striped" && (to.Type == "raid5" || to.Type == "raid6") && to.Stripes == from.Stripes:
-		typ, parity := "raid5_n", 1
-		if to.Type == "raid6" {
-			typ, parity = "raid6_n_6", 2
-		}
-		return convertPlan{args: []string{"--type", typ}, newImages: parity, imageSize: perStripe(from.Stripes)}, nil
+		return convertPlan{args: []string{"--type", parityOwn(to.Type)}, newImages: to.PVs() - to.Stripes,
+			imageSize: perStripe(from.Stripes)}, nil
 	case (from.Type == "raid5" || from.Type == "raid6") && to.Type == "striped" && to.Stripes == from.Stripes:
-		if lv.SegType != "raid5_n" && lv.SegType != "raid6_n_6" {
+		if n := parityOwn(from.Type); lv.SegType != n {
 			return convertPlan{}, fmt.Errorf("LVM takes only raid5_n and raid6_n_6 (parity on its own images) "+
-				"back to striped, and this LV is %s: run lvconvert --type %s_n%s on it first (a reshape that "+
-				"moves the parity)", lv.SegType, from.Type, map[bool]string{true: "_6"}[from.Type == "raid6"])
+				"back to striped, and this LV is %s: run lvconvert --type %s on it first (a reshape that "+
+				"moves the parity)", lv.SegType, n)
 		}
 		return convertPlan{args: []string{"--type", "striped"}}, nil
 	case from.Type == "linear" && to.Type == "striped", from.Type == "striped" && to.Type == "linear":
@@ -262,6 +259,15 @@ func planConvert(lv LV, from, to volmap.Layout, extent int64) (convertPlan, erro
 	return convertPlan{}, fmt.Errorf("LVM has no one-step conversion from %s to %s (volfs converts linear <-> "+
 		"raid1, raid1 mirror counts, and striped <-> raid5/raid6 with the same stripes; lvmraid(7), RAID "+
 		"TAKEOVER, lists the rest)", from.Type, to.Type)
+}
+
+// parityOwn is the variant of raid5 or raid6 whose parity has images of
+// its own (the last ones), the one LVM converts to and from striped.
+func parityOwn(typ string) string {
+	if typ == "raid6" {
+		return "raid6_n_6"
+	}
+	return "raid5_n"
 }
 
 // Convert changes the layout of a file's LV in place with one lvconvert
