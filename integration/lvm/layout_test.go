@@ -651,8 +651,8 @@ func TestLayoutConvert(t *testing.T) {
 }
 
 // TestLayoutFileOps: growth on write, truncate down and up, rename, remove
-// and snapshots on every layout the 3 PVs allow (raid10 needs 4), and on a
-// thin file whose pool's data is raid1.
+// and snapshots on every layout the 3 PVs allow besides linear (raid10
+// needs 4, raid6 5), and on a thin file whose pool's data is raid1.
 func TestLayoutFileOps(t *testing.T) {
 	e := newVGOn(t, 3)
 	m := e.mount()
@@ -683,7 +683,7 @@ func TestLayoutFileOps(t *testing.T) {
 		segtype string
 		pvs     int
 	}{
-		{"linear", "linear", 1},
+		// linear: TestLinearFiles and most others.
 		{"striped stripes=2", "striped", 2},
 		{"raid1 mirrors=1", "raid1", 2},
 		{"raid5 stripes=2", "raid5", 3},
