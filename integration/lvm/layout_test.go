@@ -349,6 +349,14 @@ func (e *env) waitInSync(name string) {
 	waitFor(e.t, name+" in sync", 5*time.Minute, func() bool { return e.inSync(name) })
 }
 
+// waitTrimmed waits for the LV of a file closed for the last time to be
+// cut back to n bytes (volfs grows LVs ahead of writes and trims the tail
+// after the last close, in the background).
+func (e *env) waitTrimmed(name string, n int64) {
+	e.t.Helper()
+	waitFor(e.t, name+" trimmed", time.Minute, func() bool { return e.lv(name).Size == n })
+}
+
 // lvsText is every LV of the VG with its type, size and devices: what a
 // refused request must leave as it was.
 func (e *env) lvsText() string {
@@ -601,6 +609,7 @@ func TestLayoutConvert(t *testing.T) {
 	// A raid5 made as such rotates its parity: LVM takes it to striped
 	// only after a reshape.
 	createWithLayout(t, m.path("r5"), "raid5 stripes=2", src)
+	e.waitTrimmed("r5", 8*mib)
 	refused("r5", "striped stripes=2", "LVM takes only raid5_n and raid6_n_6")
 	refused("r5", "raid5 stripes=3", "is a reshape")
 	sameData(t, src, m.path("r5"))
@@ -614,6 +623,7 @@ func TestLayoutConvert(t *testing.T) {
 	// leave the third 8 MiB (less than the 8 MiB image and its 4 MiB
 	// metadata LV).
 	sh(t, "cp", src, m.path("a"))
+	e.waitTrimmed("a", 8*mib)
 	p := e.placement("a")
 	if p.segtype != "linear" || len(p.pvs) != 1 {
 		t.Fatalf("a: %+v", p)
