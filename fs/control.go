@@ -273,7 +273,7 @@ func (in *Inspector) Status(ctx context.Context) *Status {
 		st.Errors += c.Errors
 	}
 	st.OpenFiles, st.OpenHandles = in.OpenFiles()
-	st.Degraded = in.degraded(ctx)
+	st.Degraded = in.Degraded(ctx)
 	if pools, err := in.Pools(ctx); err != nil {
 		st.PoolsError = err.Error()
 	} else if pools != nil {
@@ -282,8 +282,9 @@ func (in *Inspector) Status(ctx context.Context) *Status {
 	return st
 }
 
-// degraded lists the images whose volumes the driver says are degraded.
-func (in *Inspector) degraded(ctx context.Context) []DegradedImage {
+// Degraded lists the images whose volumes the driver says are degraded
+// (from the driver's listing, at most its cache's age old).
+func (in *Inspector) Degraded(ctx context.Context) []DegradedImage {
 	de, ok := in.root.drv.(volmap.Describer)
 	if !ok {
 		return nil

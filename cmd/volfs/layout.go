@@ -38,8 +38,10 @@ With a LAYOUT, change it: on a file created and not written yet this decides
 how its volume is made; on an existing image volfs converts the volume online
 (lvconvert) while it stays in use. Then, on a terminal, a progress line follows
 the RAID copies' sync until they are complete (--wait=false returns at once;
-Ctrl-C stops watching, not the sync). Refused requests (too few PVs, a layout
-on a thin mount, an unknown type) change nothing; the server's log says why.
+Ctrl-C stops watching, not the sync). Refused requests (no PV with room for a
+new copy, a conversion LVM makes only in several steps such as linear to
+striped, a layout on a thin mount, an unknown type) change nothing; the
+server's log says why.
 Needs root, as every trusted.* attribute.`,
 		Example: "  volfs layout /var/lib/images/web\n" +
 			"  volfs layout /var/lib/images/web raid1 mirrors=1\n" +
@@ -85,8 +87,8 @@ func layoutErr(what, path, value string, err error) error {
 	case errors.Is(err, syscall.ENODATA), errors.Is(err, syscall.ENOTSUP):
 		return fmt.Errorf("%s %s: not a volfs image with layouts (an LVM mount): %w", what, path, err)
 	case errors.Is(err, syscall.EINVAL) && value != "":
-		return fmt.Errorf("%s %s: layout %q refused (unknown type, too few PVs with free space, a thin "+
-			"mount, or LVM's own refusal; the server's log says which): %w", what, path, value, err)
+		return fmt.Errorf("%s %s: layout %q refused (unknown type, no PV with room for a new copy, a "+
+			"conversion LVM does not make in one step, a thin mount, or LVM's own refusal; the server's log says which): %w", what, path, value, err)
 	}
 	return fmt.Errorf("%s %s: %w", what, path, err)
 }

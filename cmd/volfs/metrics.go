@@ -84,6 +84,7 @@ type mountCollector struct {
 	requests, errors, duration, readBytes, writtenBytes *prometheus.Desc
 	openFiles, openHandles, start, info                 *prometheus.Desc
 	poolSize, poolFree, poolData, poolMeta              *prometheus.Desc
+	degraded, imageDegraded                             *prometheus.Desc
 }
 
 func newMountCollector(insp *volfs.Inspector, log *slog.Logger) *mountCollector {
@@ -104,12 +105,16 @@ func newMountCollector(insp *volfs.Inspector, log *slog.Logger) *mountCollector 
 		poolFree:     d("volfs_pool_free_bytes", "Free space of the volume group or thin pool.", []string{"pool", "kind"}, nil),
 		poolData:     d("volfs_pool_data_fill_ratio", "Data fill of a thin pool (0-1).", []string{"pool"}, nil),
 		poolMeta:     d("volfs_pool_metadata_fill_ratio", "Metadata fill of a thin pool (0-1).", []string{"pool"}, nil),
+		degraded:     d("volfs_degraded_images", "Images whose RAID volume runs without one of its images or parity.", nil, nil),
+		imageDegraded: d("volfs_image_degraded", "1 for each image whose RAID volume is degraded, with LVM's health.",
+			[]string{"image", "layout", "health"}, nil),
 	}
 }
 
 func (c *mountCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.requests, c.errors, c.duration, c.readBytes, c.writtenBytes,
-		c.openFiles, c.openHandles, c.start, c.info, c.poolSize, c.poolFree, c.poolData, c.poolMeta} {
+		c.openFiles, c.openHandles, c.start, c.info, c.poolSize, c.poolFree, c.poolData, c.poolMeta,
+		c.degraded, c.imageDegraded} {
 		ch <- d
 	}
 }
@@ -150,6 +155,11 @@ func (c *mountCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- mk(c.info, prometheus.GaugeValue, 1, info.Version, info.Source, transport, info.Mount)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	deg := c.insp.Degraded(ctx)
+	ch <- mk(c.degraded, prometheus.GaugeValue, float64(len(deg)))
+	for _, d := range deg {
+		ch <- mk(c.imageDegraded, prometheus.GaugeValue, 1, d.Name, d.Layout, d.Health)
+	}
 	pools, err := c.insp.Pools(ctx)
 	if err != nil {
 		c.log.Warn("metrics: pools unknown", slog.Any("err", err))

@@ -2,6 +2,7 @@ package lvm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -106,6 +107,11 @@ type Driver struct {
 	mapMu sync.Mutex
 
 	warned sync.Map // keys of warnings already logged
+
+	// healthMu guards degraded: the health of the file LVs last seen
+	// degraded, by UUID (noteHealth logs the changes).
+	healthMu sync.Mutex
+	degraded map[string]string
 
 	snaps snapState // snapshots.go
 
@@ -301,6 +307,7 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 		d.cache = l
 	}
 	d.cacheMu.Unlock()
+	d.noteHealth(rows)
 	return l, nil
 }
 
@@ -608,13 +615,7 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var pvs []string
-	for _, r := range rows {
-		p := rowParser{row: r}
-		if name := p.str("pv_name"); p.str("vg_name") == d.cfg.VG && name != "" {
-			pvs = append(pvs, name)
-		}
-	}
+	pvs := vgPVs(rows, d.cfg.VG)
 	if len(pvs) == 0 {
 		return fmt.Errorf("find the PVs of %s: pvs lists none: %w", d.cfg.VG, volmap.ErrNotFound)
 	}
@@ -625,6 +626,20 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 	d.pvs = pvs
 	d.lvm.SetDevices(pvs)
 	return nil
+}
+
+// vgPVs are the device paths of vg's PVs in a pvs report of pv_name and
+// vg_name. A missing PV is listed as "[unknown]": it is no device, and
+// --devices with it makes every lvm command fail.
+func vgPVs(rows []map[string]json.RawMessage, vg string) []string {
+	var pvs []string
+	for _, r := range rows {
+		p := rowParser{row: r}
+		if name := p.str("pv_name"); p.str("vg_name") == vg && strings.HasPrefix(name, "/") {
+			pvs = append(pvs, name)
+		}
+	}
+	return pvs
 }
 
 // logSkipped logs, once per set, the devices lvm's scans leave out.
