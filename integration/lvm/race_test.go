@@ -1,11 +1,16 @@
 package lvm
 
 import (
+	"bytes"
 	"fmt"
+	"os"
+	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // lvm2 commands of another tool racing volfs: while an admin's loop
@@ -101,5 +106,85 @@ func TestFaultExternalLVM(t *testing.T) {
 	}
 	if st := size(t, m.path("keep")); st != size(t, keep) {
 		t.Errorf("keep: size %d", st)
+	}
+}
+
+// TestFaultVGLockHeld is another tool holding the VG's lock for seconds
+// (an lvm command that waits on a slow disk, or a backup script's flock):
+// volfs's lvm commands wait for it (no error, no retry storm), and what
+// needs no lvm command goes on meanwhile: reads and writes of an open
+// file, stat and listing of existing files.
+func TestFaultVGLockHeld(t *testing.T) {
+	const hold = 8 * time.Second
+	e := newVG(t)
+	m := e.mount()
+	a := e.file("a", 3*mib+17, 31)
+	b := e.file("b", 2*mib+5, 32)
+	sh(t, "cp", a, m.path("a"))
+	f, err := os.OpenFile(m.path("a"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+
+	// lvm's file lock of the VG (locking_dir /run/lock/lvm, V_<VG>),
+	// held exclusively as an lvm command that changes the VG holds it.
+	lockFile := "/run/lock/lvm/V_" + e.vg
+	holder := exec.Command("flock", "-x", lockFile, "sleep", strconv.Itoa(int(hold/time.Second)))
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held := time.Now()
+	waitFor(t, "the VG lock is held", 5*time.Second, func() bool {
+		return exec.Command("flock", "-n", "-s", lockFile, "true").Run() != nil
+	})
+
+	// A create needs lvcreate: it waits for the lock, then succeeds.
+	cp := exec.Command("cp", b, m.path("b"))
+	var cpOut bytes.Buffer
+	cp.Stdout, cp.Stderr = &cpOut, &cpOut
+	if err := cp.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cpDone := make(chan error, 1)
+	go func() { cpDone <- cp.Wait() }()
+	// Meanwhile the open file reads and writes, and stat and ls answer,
+	// all before the lock is released.
+	buf := make([]byte, 64*kib)
+	want := pseudoRandom(64*kib, 33)
+	if _, err := f.WriteAt(want, mib); err != nil {
+		t.Errorf("write while the VG lock is held: %v", err)
+	}
+	if _, err := f.ReadAt(buf, mib); err != nil || !bytes.Equal(buf, want) {
+		t.Errorf("read while the VG lock is held: %v (same bytes: %v)", err, bytes.Equal(buf, want))
+	}
+	if _, err := os.Stat(m.path("a")); err != nil {
+		t.Errorf("stat while the VG lock is held: %v", err)
+	}
+	if !m.has("a") {
+		t.Error("ls while the VG lock is held does not list a")
+	}
+	if el := time.Since(held); el < hold-time.Second {
+		select {
+		case err := <-cpDone:
+			t.Fatalf("cp ended (%v) while the VG lock was held: is %s lvm's lock?", err, lockFile)
+		default:
+		}
+	} else {
+		t.Logf("the checks took %v, past the %v the lock was held (slow guest): they may not have overlapped it", el, hold)
+	}
+	if err := holder.Wait(); err != nil {
+		t.Fatalf("flock: %v", err)
+	}
+	if err := <-cpDone; err != nil {
+		t.Fatalf("cp while the VG lock was held: %v: %s", err, cpOut.String())
+	}
+	t.Logf("cp waited for the lock and took %v", time.Since(held).Round(time.Millisecond))
+	sameData(t, m.path("b"), b)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if lt := m.logText(); strings.Contains(lt, "level=ERROR") || strings.Contains(lt, "retrying") {
+		t.Errorf("the server logged errors or retries:\n%s", lt)
 	}
 }
