@@ -660,6 +660,80 @@ func TestLayoutConvert(t *testing.T) {
 	sameData(t, src, m.path("a"))
 }
 
+// checkFile checks a file's layout xattr, size and bytes (want, zeros
+// past its end).
+func checkFile(t *testing.T, m *mount, name, layout, want string, n int64) {
+	t.Helper()
+	if v := getLayout(t, m.path(name)); v != layout {
+		t.Errorf("%s of %s = %q, want %q", layoutXattr, name, v, layout)
+	}
+	if got := size(t, m.path(name)); got != n {
+		t.Errorf("size of %s (%s) = %d, want %d", name, layout, got, n)
+	}
+	b, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(b)) < n {
+		b = append(b, make([]byte, n-int64(len(b)))...)
+	}
+	if !bytes.Equal(fileBytes(t, m.path(name), 0, n), b[:n]) {
+		t.Errorf("%s (%s): the bytes differ from %s (zeros past its end)", name, layout, want)
+	}
+}
+
+// fileOps checks file name, holding src, on its LV (segtype over npvs
+// PVs), then grows it by more, truncates it down and up, renames it,
+// has a snapshot refused, and removes it.
+func fileOps(t *testing.T, e *env, m *mount, name, layout, segtype string, npvs int, src, more string) {
+	t.Helper()
+	check := func(name, want string, n int64) { t.Helper(); checkFile(t, m, name, layout, want, n) }
+	grown := concat(t, e, name+"-grown", src, more)
+	n0, n1 := size(t, src), size(t, grown)
+	if p := e.placement(name); !strings.HasPrefix(p.segtype, segtype) || len(p.pvs) != npvs {
+		t.Errorf("%s: %+v, want %s over %d PVs", name, p, segtype, npvs)
+	}
+	check(name, src, n0)
+	appendFile(t, more, m.path(name))
+	check(name, grown, n1)
+	if err := os.Truncate(m.path(name), 5*mib+7); err != nil {
+		t.Fatalf("truncate %s down: %v", name, err)
+	}
+	check(name, grown, 5*mib+7)
+	if err := os.Truncate(m.path(name), n1+2*mib); err != nil {
+		t.Fatalf("truncate %s up: %v", name, err)
+	}
+	cut := e.base + "/" + name + "-cut"
+	if err := os.WriteFile(cut, fileBytes(t, grown, 0, 5*mib+7), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	check(name, cut, n1+2*mib)
+	if l := e.lv(name); l.Size < n1+2*mib {
+		t.Errorf("%s: LV of %d bytes under a file of %d", name, l.Size, n1+2*mib)
+	}
+	mv := name + "-mv"
+	if err := os.Rename(m.path(name), m.path(mv)); err != nil {
+		t.Fatalf("rename %s: %v", name, err)
+	}
+	if p := e.placement(mv); !strings.HasPrefix(p.segtype, segtype) || len(p.pvs) != npvs {
+		t.Errorf("%s after rename: %+v", mv, p)
+	}
+	check(mv, cut, n1+2*mib)
+	if out, err := try(volfsBin, "snapshot", "create", m.path(mv), "s"); err == nil ||
+		!strings.Contains(out, "not a thin volume") {
+		t.Errorf("volfs snapshot create of %s (%s): %v, want a refusal naming thin volumes:\n%s", mv, layout, err, out)
+	}
+	if err := os.Remove(m.path(mv)); err != nil {
+		t.Fatalf("rm %s: %v", mv, err)
+	}
+	lvs, _ := e.lvs()
+	for n := range lvs {
+		if strings.HasPrefix(strings.Trim(n, "[]"), name) {
+			t.Errorf("rm %s left LV %s", mv, n)
+		}
+	}
+}
+
 // TestLayoutFileOps: growth on write, truncate down and up, rename, remove
 // and snapshots on every layout the 3 PVs allow besides linear (raid10
 // needs 4, raid6 5), and on a thin file whose pool's data is raid1.
@@ -669,25 +743,7 @@ func TestLayoutFileOps(t *testing.T) {
 	src := e.file("src", 3*mib+123, 31)
 	more := e.file("more", 9*mib, 32)
 	grown := concat(t, e, "grown", src, more)
-	check := func(name, layout, want string, n int64) {
-		t.Helper()
-		if v := getLayout(t, m.path(name)); v != layout {
-			t.Errorf("%s of %s = %q, want %q", layoutXattr, name, v, layout)
-		}
-		if got := size(t, m.path(name)); got != n {
-			t.Errorf("size of %s (%s) = %d, want %d", name, layout, got, n)
-		}
-		b, err := os.ReadFile(want)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if int64(len(b)) < n {
-			b = append(b, make([]byte, n-int64(len(b)))...)
-		}
-		if !bytes.Equal(fileBytes(t, m.path(name), 0, n), b[:n]) {
-			t.Errorf("%s (%s): the bytes differ from %s (zeros past its end)", name, layout, want)
-		}
-	}
+	check := func(name, layout, want string, n int64) { t.Helper(); checkFile(t, m, name, layout, want, n) }
 	for _, c := range []struct {
 		layout  string
 		segtype string
@@ -700,48 +756,7 @@ func TestLayoutFileOps(t *testing.T) {
 	} {
 		name := strings.Fields(c.layout)[0]
 		createWithLayout(t, m.path(name), c.layout, src)
-		if p := e.placement(name); p.segtype != c.segtype || len(p.pvs) != c.pvs {
-			t.Errorf("%s: %+v, want %s over %d PVs", name, p, c.segtype, c.pvs)
-		}
-		check(name, c.layout, src, 3*mib+123)
-		appendFile(t, more, m.path(name))
-		check(name, c.layout, grown, 12*mib+123)
-		if err := os.Truncate(m.path(name), 5*mib+7); err != nil {
-			t.Fatalf("truncate %s down: %v", name, err)
-		}
-		check(name, c.layout, grown, 5*mib+7)
-		if err := os.Truncate(m.path(name), 14*mib); err != nil {
-			t.Fatalf("truncate %s up: %v", name, err)
-		}
-		cut := e.base + "/" + name + "-cut"
-		if err := os.WriteFile(cut, fileBytes(t, grown, 0, 5*mib+7), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		check(name, c.layout, cut, 14*mib)
-		if l := e.lv(name); l.Size < 14*mib {
-			t.Errorf("%s: LV of %d bytes under a file of 14 MiB", name, l.Size)
-		}
-		mv := name + "-mv"
-		if err := os.Rename(m.path(name), m.path(mv)); err != nil {
-			t.Fatalf("rename %s: %v", name, err)
-		}
-		if p := e.placement(mv); p.segtype != c.segtype || len(p.pvs) != c.pvs {
-			t.Errorf("%s after rename: %+v", mv, p)
-		}
-		check(mv, c.layout, cut, 14*mib)
-		if out, err := try(volfsBin, "snapshot", "create", m.path(mv), "s"); err == nil ||
-			!strings.Contains(out, "not a thin volume") {
-			t.Errorf("volfs snapshot create of %s (%s): %v, want a refusal naming thin volumes:\n%s", mv, c.layout, err, out)
-		}
-		if err := os.Remove(m.path(mv)); err != nil {
-			t.Fatalf("rm %s: %v", mv, err)
-		}
-		lvs, _ := e.lvs()
-		for n := range lvs {
-			if strings.HasPrefix(strings.Trim(n, "[]"), name) {
-				t.Errorf("rm %s left LV %s", mv, n)
-			}
-		}
+		fileOps(t, e, m, name, c.layout, c.segtype, c.pvs, src, more)
 	}
 	m.umount()
 
@@ -914,4 +929,67 @@ func TestLayoutDegraded(t *testing.T) {
 	faulted = false
 	sh(t, "wipefs", "-q", "-a", failed.path())
 	sameData(t, want, m.path("r"))
+}
+
+// onDistinctPVs checks that each of the n images of RAID LV name lies on
+// one PV of its own.
+func onDistinctPVs(t *testing.T, e *env, name string, n int) {
+	t.Helper()
+	var seen []string
+	for i := range n {
+		img := fmt.Sprintf("[%s_rimage_%d]", name, i)
+		p := e.placement(img)
+		if len(p.pvs) != 1 || hasDev(seen, p.pvs[0]) {
+			t.Errorf("%s is on %v; the images before it on %v", img, p.pvs, seen)
+			continue
+		}
+		seen = append(seen, p.pvs[0])
+	}
+}
+
+// TestLayoutManyPVs: raid6 (5 PVs) and raid10 (4 PVs), which the 3 scratch
+// disks of the other layout tests cannot hold, on a VG of 5 PVs that are
+// slices of one scratch disk: made by the mount's --layout and by
+// trusted.volfs.layout on a new file, their images on distinct PVs, the
+// data intact after a remount, and growth, truncate, rename and rm.
+func TestLayoutManyPVs(t *testing.T) {
+	e, _ := newFaultVG(t, 5, 128*mib)
+	src := e.file("src", 3*mib+123, 41)
+	more := e.file("more", 5*mib, 42)
+	m := e.mount("--layout", "raid6")
+	sh(t, "cp", src, m.path("r6"))
+	createWithLayout(t, m.path("r10"), "raid10 stripes=2 mirrors=1", src)
+	for _, c := range []struct {
+		name, segtype, layout string
+		images                int
+	}{
+		{"r6", "raid6", "raid6 stripes=3", 5},
+		{"r10", "raid10", "raid10 stripes=2 mirrors=1", 4},
+	} {
+		if p := e.placement(c.name); !strings.HasPrefix(p.segtype, c.segtype) || p.stripes != c.images {
+			t.Errorf("%s: %+v, want %s with %d images", c.name, p, c.segtype, c.images)
+		}
+		onDistinctPVs(t, e, c.name, c.images)
+		if v := getLayout(t, m.path(c.name)); v != c.layout {
+			t.Errorf("%s of %s = %q, want %q", layoutXattr, c.name, v, c.layout)
+		}
+	}
+	m.remount()
+	sameData(t, src, m.path("r6"))
+	sameData(t, src, m.path("r10"))
+	fileOps(t, e, m, "r6", "raid6 stripes=3", "raid6", 5, src, more)
+	fileOps(t, e, m, "r10", "raid10 stripes=2 mirrors=1", "raid10", 4, src, more)
+	m.umount()
+
+	m = e.mount("--layout", "raid10")
+	sh(t, "cp", src, m.path("m10"))
+	if p := e.placement("m10"); p.segtype != "raid10" || p.stripes != 4 {
+		t.Errorf("m10 under --layout raid10: %+v, want raid10 with 4 images", p)
+	}
+	onDistinctPVs(t, e, "m10", 4)
+	if v := getLayout(t, m.path("m10")); v != "raid10 stripes=2 mirrors=1" {
+		t.Errorf("%s of m10 = %q", layoutXattr, v)
+	}
+	m.remount()
+	sameData(t, src, m.path("m10"))
 }
