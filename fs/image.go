@@ -559,7 +559,9 @@ func (n *Image) createLocked(ctx context.Context, want, need int64) syscall.Errn
 		}
 	}
 	v, err := create(ctx, n.name, want, a)
-	if err != nil && want > need {
+	if errors.Is(err, volmap.ErrNoSpace) && want > need {
+		// No room for the growth step: the size asked for may fit. Only
+		// then: after any other failure the first volume may exist.
 		v, err = create(ctx, n.name, need, a)
 	}
 	n.changedLocked()
