@@ -185,6 +185,9 @@ type ringQueue struct {
 	lastWork  time.Time
 	idleSince time.Time
 	reqGap    time.Duration
+	// now is when the completions being handled were taken: one clock
+	// read for all (a read costs about 0.3 µs on these machines).
+	now time.Time
 	// the account of the waits, for ringServer
 	polled, pollMissed, waited, slept uint64
 	// err is why the queue cannot go on (its ring refuses submissions,
@@ -739,10 +742,11 @@ func (q *ringQueue) loop() {
 		if !q.r.Ready() {
 			continue
 		}
+		q.now = time.Now()
 		q.r.Completions(q.complete)
-		q.lastWork = time.Now()
+		q.lastWork = q.now
 		if q.inDevice == 0 && q.idleSince.IsZero() {
-			q.idleSince = q.lastWork
+			q.idleSince = q.now
 		}
 	}
 	if q.err == nil && q.tornDown == 0 {
@@ -785,14 +789,14 @@ func (q *ringQueue) poll() bool {
 		return false
 	}
 	deadline := time.Now().Add(d)
-	for !q.r.Ready() {
+	for n := 0; !q.r.Ready(); n++ {
 		if q.r.WorkPending() {
 			if err := q.r.Poll(); err != nil {
 				return false
 			}
 			continue
 		}
-		if time.Now().After(deadline) {
+		if n%16 == 15 && time.Now().After(deadline) {
 			q.pollMissed++
 			return false
 		}
@@ -852,7 +856,7 @@ func (q *ringQueue) complete(c *uring.CQE) {
 		if !q.idleSince.IsZero() {
 			// Waited from idle: capped, so that one long pause does
 			// not stop the polling for many requests.
-			gap := min(time.Since(q.idleSince), 2*pollFor)
+			gap := min(q.now.Sub(q.idleSince), 2*pollFor)
 			q.reqGap += (gap - q.reqGap) / 4
 			q.idleSince = time.Time{}
 		}
@@ -1035,7 +1039,9 @@ func (q *ringQueue) startDirect(i int) bool {
 		e.dev, e.img, e.started = d, n, time.Now()
 		q.inDevice++
 		q.s.flushedInline.Add(1)
-		q.directDone(i, d.flush())
+		res := d.flush()
+		q.now = time.Now() // for the flush's duration
+		q.directDone(i, res)
 		return true
 	}
 	s := q.sqe()
@@ -1043,7 +1049,7 @@ func (q *ringQueue) startDirect(i int) bool {
 		d.release()
 		return true // the queue failed: the abort ends the request
 	}
-	e.dev, e.img, e.started = d, n, time.Now()
+	e.dev, e.img, e.started = d, n, q.now
 	q.inDevice++
 	s.Opcode = op
 	s.Fd = d.fd
@@ -1068,7 +1074,7 @@ func (q *ringQueue) startDirect(i int) bool {
 func (q *ringQueue) directDone(i int, res int32) {
 	e := &q.ents[i]
 	q.inDevice--
-	now := time.Now()
+	now := q.now
 	q.devLatency += (now.Sub(e.started) - q.devLatency) / 8
 	if e.in().Opcode == opFsync {
 		e.dev.flushTook(now.Sub(e.started))
@@ -1119,7 +1125,7 @@ func (q *ringQueue) directDone(i int, res int32) {
 		}
 	}
 	q.s.direct.Add(1)
-	q.s.root.stats.ringDone(e.in().Opcode, e.started, res)
+	q.s.root.stats.ringRecord(e.in().Opcode, now.Sub(e.started), res)
 	e.setReply(0, n)
 	q.commit(i)
 }
