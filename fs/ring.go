@@ -757,11 +757,11 @@ func (q *ringQueue) loop() {
 // poll waits for the next completion without sleeping, when one is
 // likely soon: sleeping until it comes costs the queue's thread a
 // wake-up, about 10 µs on these machines, and the requester waits for it.
-//   - A device operation: when the device completes one of those in
-//     flight every spinIfUnder or sooner (their moving average latency
-//     over their number: at queue depth 1 a tmpfs-backed loop device, QD1
-//     mean 34-42 µs with this, 53-62 µs without, 26-30 µs raw; at depth 32
-//     most devices). A disk at queue depth 1 is never waited for this way.
+//   - A fast device's operation: when few are in flight (a queue depth of
+//     one or two) and the device usually completes within spinFor (a
+//     tmpfs-backed loop device: QD1 mean 34-42 µs with this, 53-62 µs
+//     without, 26-30 µs raw). A slower device (a disk) is never waited for
+//     this way.
 //   - The next request: when the queue has nothing in flight and requests
 //     have been arriving within pollFor of that (a program doing I/O at
 //     queue depth 1 sends its next request a few µs after the reply).
@@ -772,7 +772,7 @@ func (q *ringQueue) loop() {
 func (q *ringQueue) poll() bool {
 	var d time.Duration
 	switch {
-	case q.inDevice > 0 && q.devLatency < spinIfUnder*time.Duration(q.inDevice):
+	case q.inDevice > 0 && q.inDevice <= spinMaxInFlight && q.devLatency < spinIfUnder:
 		d = spinFor
 	case q.inDevice == 0 && q.reqGap < pollFor && time.Since(q.lastWork) < pollFor:
 		d = pollFor
@@ -806,7 +806,8 @@ func (q *ringQueue) poll() bool {
 }
 
 const (
-	spinFor = 30 * time.Microsecond
+	spinMaxInFlight = 2
+	spinFor         = 30 * time.Microsecond
 	// The moving average counts from submission to the completion's
 	// handling, a sleeping queue's wake-up included.
 	spinIfUnder = 50 * time.Microsecond
