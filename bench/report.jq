@@ -71,13 +71,20 @@ def cell($dev; $side; $job; $metric; $raw; $secs; $suspect):
       + (if failed($dev; $side; $job) then " (some FAILED)" else "" end)
     end;
 
+# the request size of the fio jobs: server CPU per I/O from CPU per GiB
+def iosize: {seqread: 1048576, seqwrite: 1048576, bufread: 1048576, randread32: 4096, randwrite32: 4096,
+  randread32u: 4096, randwrite32u: 4096, randread1: 4096, randwrite1: 4096, syncwrite1: 4096};
 def cpu($dev; $side; $job; $first):
   if $first | not then ""
   else vals($dev; $side; $job; "cpu_ms_per_GiB") as $v
-    | if ($v | length) == 0 then "" else "\($v | median | fmt)\(rng($v))" end
+    | if ($v | length) == 0 then ""
+      else "\($v | median | fmt)\(rng($v))"
+        + (iosize[$job] as $bs | if $bs == null then ""
+           else " · \($v | median | . * $bs / 1073741824 * 1000 | fmt) µs/IO" end)
+      end
   end;
 
-"| device | job | unit | " + (side_names | join(" | ")) + " | volfs server CPU ms/GiB | qsd CPU ms/GiB |",
+"| device | job | unit | " + (side_names | join(" | ")) + " | volfs server CPU ms/GiB · per I/O | qsd CPU ms/GiB · per I/O |",
 "|---|---|---|" + ([sides[] | "---:"] | join("|")) + "|---:|---:|",
 (devs[] as $dev
   | rows as $rows

@@ -482,7 +482,7 @@ dev_note() {
   for kind in $devices; do echo "- $(dev_note "$kind"); jobs: ${JOBS[$kind]}"; done
   cat <<'EOF'
 - sides: **raw** the loop device; **volfs** its volfs file; **volfs /dev/fuse** the same with `--io-uring=false`; **qsd** `qemu-storage-daemon --blockdev driver=host_device,cache.direct=on,aio=native --export type=fuse,writable=on` (the same device as a file); **ext4 prealloc** a 1 GiB raw image written in full (`qemu-img create -o preallocation=full`) on ext4 made on the device, opened O_DIRECT; **ext4 sparse** a fresh sparse 1 GiB file for each write job (first writes allocate), and new files for cp / qemu-img convert in
-- cell: median (min–max over repetitions) and ratio of the medians to raw; ↓ = lower is better; server CPU = utime+stime of the volfs (io_uring) / qemu-storage-daemon process per GiB that reached the device, in ms
+- cell: median (min–max over repetitions) and ratio of the medians to raw; ↓ = lower is better; server CPU = utime+stime of the volfs (io_uring) / qemu-storage-daemon process per GiB that reached the device, in ms, and per request of the job's size (4 KiB or 1 MiB; for the fdatasync row per write, its fdatasync included) in µs
 - jobs: libaio/io_uring with O_DIRECT; QD1 rows are libaio depth 1; fdatasync after each write; buffered read: one pass, 1 MiB reads, cache dropped first; cp in = 1 GiB random image + fsync; qemu-img convert in `-t none` (`-n` onto devices and the preallocated image); out = the whole file (1.25 GiB for device sides, 1 GiB image for ext4) to tmpfs after dropping the source's cache; copy rows show MB/s [median seconds]
 EOF
   echo

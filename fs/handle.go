@@ -44,6 +44,49 @@ type device struct {
 	// still in a submitted operation or a syscall is never reused for
 	// another device.
 	refs atomic.Int64
+	// flushNs is the moving average of the device's flushes from the
+	// io_uring queues, in ns; buffered is set by the first write through
+	// the page cache (flushInline).
+	flushNs atomic.Int64
+	dirtied atomic.Bool
+}
+
+// flushInline reports whether an io_uring queue should flush the device
+// with fdatasync on its own thread rather than as a ring operation, which
+// the kernel always hands to an io-wq worker (a flush cannot be issued
+// without blocking): two wake-ups more, and the queue's thread sleeps
+// until the worker is done. On its own thread the queue answers nothing
+// else until the flush returns, so only a device whose flushes have taken
+// less than inlineFlushUnder (moving average) is flushed there: one with
+// no volatile write cache (queue/write_cache "write through": the block
+// layer completes the flush at once, the driver never sees it), or a
+// fast one (a tmpfs-backed loop device). A disk's flush takes from
+// hundreds of µs to many ms: it stays on io-wq. Page cache that unaligned
+// writes dirtied must be written back first, so a device written through
+// it is flushed on io-wq too. Either way the call is the same (fdatasync
+// of the buffered fd) and so are its durability and errors.
+func (d *device) flushInline() bool {
+	return d.flushNs.Load() < int64(inlineFlushUnder) && !d.dirtied.Load()
+}
+
+// inlineFlushUnder: see flushInline. A fresh device starts at 0: its
+// first flush is made inline, and measured.
+const inlineFlushUnder = 50 * time.Microsecond
+
+// flush is fdatasync of the device on the calling thread, as a ring
+// operation's result: the byte count or -errno.
+func (d *device) flush() int32 {
+	if err := unix.Fdatasync(int(d.syncFd)); err != nil {
+		return -int32(err.(syscall.Errno))
+	}
+	return 0
+}
+
+// flushTook records how long a flush from a queue took (inline: the call;
+// on the ring: from submission to the completion's handling).
+func (d *device) flushTook(t time.Duration) {
+	old := d.flushNs.Load()
+	d.flushNs.Store(old + (int64(t)-old)/4)
 }
 
 func newDevice(direct, buffered *os.File, bs int64) *device {
@@ -140,6 +183,7 @@ func (d *device) readAt(p []byte, off int64) (int, error) {
 func (d *device) writeAt(p []byte, off int64) (int, error) {
 	defer d.alloc.wrote(off, int64(len(p)))
 	if !d.aligned(off, len(p)) {
+		d.dirtied.Store(true)
 		return d.buffered.WriteAt(p, off)
 	}
 	if isAligned(p, bufAlign) {

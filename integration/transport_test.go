@@ -249,3 +249,60 @@ func TestRingFailure(t *testing.T) {
 		}
 	}
 }
+
+// TestRingIdle: a server with nothing to do uses no CPU. The io_uring
+// queues poll for a moment after each request and wait in the kernel
+// holding their Go P; once idle they must sleep for good (before: the Go
+// runtime's preemption signal woke each queue every 10 ms, about 800
+// wake-ups and 2.7% of a CPU a second). Counted from the kernel's account
+// of the server's threads, a second after a burst of I/O.
+func TestRingIdle(t *testing.T) {
+	if !kernelHasFUSEURing() {
+		t.Skip("this kernel has no FUSE over io_uring (/sys/module/fuse/parameters/enable_uring)")
+	}
+	testutil.Need(t, "fio")
+	m, dev := setup(t, 16<<20)
+	sh(t, "fio", "--name=burst", "--filename="+m.path(dev), "--rw=randrw", "--bs=4k", "--size=12M",
+		"--ioengine=libaio", "--iodepth=1", "--direct=1", "--time_based", "--runtime=1", "--output-format=terse")
+	pid := serverPid(t, m)
+	time.Sleep(time.Second)
+	sw0, cpu0 := threadAccount(t, pid)
+	const idle = 2 * time.Second
+	time.Sleep(idle)
+	sw1, cpu1 := threadAccount(t, pid)
+	t.Logf("idle server over %v: %d context switches, %d clock ticks of CPU", idle, sw1-sw0, cpu1-cpu0)
+	if sw1-sw0 > 20 || cpu1-cpu0 > 2 {
+		t.Errorf("the idle server's threads switched %d times and used %d clock ticks of CPU in %v: "+
+			"something polls or wakes periodically", sw1-sw0, cpu1-cpu0, idle)
+	}
+}
+
+// threadAccount sums the context switches (voluntary and not) and the CPU
+// time (utime+stime, clock ticks) of all threads of process pid.
+func threadAccount(t *testing.T, pid int) (switches, ticks int) {
+	t.Helper()
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		status, err1 := os.ReadFile(dir + "/" + task.Name() + "/status")
+		stat, err2 := os.ReadFile(dir + "/" + task.Name() + "/stat")
+		if err1 != nil || err2 != nil {
+			continue // the thread ended meanwhile
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.Atoi(strings.TrimSpace(v))
+				switches += n
+			}
+		}
+		s := string(stat)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		u, _ := strconv.Atoi(f[11])
+		k, _ := strconv.Atoi(f[12])
+		ticks += u + k
+	}
+	return switches, ticks
+}

@@ -28,11 +28,14 @@ const (
 	FsyncDatasync = 1 << 0 // OpFlags of OpFsync
 
 	setupCoopTaskrun  = 1 << 8
+	setupTaskrunFlag  = 1 << 9
 	setupSQE128       = 1 << 10
 	setupSingleIssuer = 1 << 12
 	setupDeferTaskrun = 1 << 13
 
 	featSingleMmap = 1 << 0
+
+	sqTaskrun = 1 << 2 // IORING_SQ_TASKRUN in the SQ ring's flags
 
 	enterGetEvents = 1 << 0
 	enterExtArg    = 1 << 3
@@ -111,6 +114,7 @@ type Ring struct {
 	sqeMem  []byte
 	sqHead  *atomic.Uint32
 	sqTail  *atomic.Uint32
+	sqFlags *atomic.Uint32
 	sqMask  uint32
 	sqArray []uint32
 	cqHead  *atomic.Uint32
@@ -131,7 +135,7 @@ type Ring struct {
 // New sets up a ring with room for entries submissions (a power of two)
 // and twice as many completions.
 func New(entries uint32) (*Ring, error) {
-	p := params{Flags: setupSQE128 | setupSingleIssuer | setupDeferTaskrun | setupCoopTaskrun}
+	p := params{Flags: setupSQE128 | setupSingleIssuer | setupDeferTaskrun | setupCoopTaskrun | setupTaskrunFlag}
 	fd, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, uintptr(entries), uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
 		return nil, fmt.Errorf("io_uring_setup: %w", errno)
@@ -156,6 +160,7 @@ func New(entries uint32) (*Ring, error) {
 	r.sqeMem = sqes
 	r.sqHead = (*atomic.Uint32)(unsafe.Pointer(&mem[p.SqOff.Head]))
 	r.sqTail = (*atomic.Uint32)(unsafe.Pointer(&mem[p.SqOff.Tail]))
+	r.sqFlags = (*atomic.Uint32)(unsafe.Pointer(&mem[p.SqOff.Flags]))
 	r.sqMask = *(*uint32)(unsafe.Pointer(&mem[p.SqOff.RingMask]))
 	r.sqArray = unsafe.Slice((*uint32)(unsafe.Pointer(&mem[p.SqOff.Array])), p.SqEntries)
 	r.cqHead = (*atomic.Uint32)(unsafe.Pointer(&mem[p.CqOff.Head]))
@@ -258,11 +263,34 @@ func (r *Ring) SubmitAndWait(wait uint32) error {
 // without waiting: completions that are ready appear for Completions.
 func (r *Ring) Poll() error { return r.enter(0, enterGetEvents, 0, 0) }
 
+// Sleep submits what SQE handed out and waits, without a time limit, until
+// a completion is there. Unlike SubmitAndWait it is an ordinary system
+// call: the Go scheduler takes the thread's P while it waits, so a queue
+// that has nothing to do costs nothing (SubmitAndWait's wait keeps the P,
+// and the runtime's preemption signal ends it every 10 ms or so).
+func (r *Ring) Sleep() error {
+	r.sqTail.Store(r.tail)
+	n, _, errno := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), 1, enterGetEvents, 0, 0)
+	return r.entered(n, errno)
+}
+
+// WorkPending reports, without a system call, whether completions are
+// waiting or completion work is (the kernel sets IORING_SQ_TASKRUN when it
+// queues work for the ring's thread, which runs it in Poll): polling
+// this between Polls finds a completion as soon as a Poll in a loop would.
+func (r *Ring) WorkPending() bool {
+	return r.sqFlags.Load()&sqTaskrun != 0 || r.Ready()
+}
+
 // enter publishes the SQ tail and calls io_uring_enter; interruptions,
 // timeouts and a full CQ are not errors.
 func (r *Ring) enter(wait uint32, flags, arg, argSz uintptr) error {
 	r.sqTail.Store(r.tail)
 	n, _, errno := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(r.fd), uintptr(r.pending), uintptr(wait), flags, arg, argSz)
+	return r.entered(n, errno)
+}
+
+func (r *Ring) entered(n uintptr, errno syscall.Errno) error {
 	switch errno {
 	case 0:
 		r.pending -= uint32(n)

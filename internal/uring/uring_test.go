@@ -7,7 +7,10 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestReadWrite writes a file through the ring and reads it back, as the
@@ -117,4 +120,89 @@ func TestInjectResult(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d completions, want 1", n)
 	}
+}
+
+// TestWorkPending: a read that completes later (an eventfd written by
+// another thread) shows in WorkPending without a system call, and Poll
+// then brings its completion; Sleep waits for the next one. The FUSE
+// queues poll this way for requests and device completions.
+func TestWorkPending(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r, err := New(4)
+	if err != nil {
+		t.Skipf("no io_uring here: %v", err)
+	}
+	defer r.Close()
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(buf)
+	read := func(tag uint64) {
+		s := r.SQE()
+		s.Opcode, s.Fd, s.Len, s.UserData = OpRead, int32(efd), 8, tag
+		s.Addr = uint64(uintptr(unsafe.Pointer(&buf[0]))) // not Go memory
+	}
+	write := func() {
+		go func() {
+			one := [8]byte{1}
+			unix.Write(efd, one[:])
+		}()
+	}
+	completed := func(tag uint64) {
+		t.Helper()
+		n := 0
+		r.Completions(func(c *CQE) {
+			n++
+			if c.UserData != tag || c.Res != 8 {
+				t.Errorf("completion %d res %d, want %d res 8", c.UserData, c.Res, tag)
+			}
+		})
+		if n != 1 {
+			t.Fatalf("%d completions, want 1", n)
+		}
+	}
+
+	read(1)
+	if err := r.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if r.WorkPending() {
+		t.Fatal("work pending before the eventfd was written")
+	}
+	write()
+	deadline := time.Now().Add(5 * time.Second)
+	for !r.WorkPending() {
+		if time.Now().After(deadline) {
+			t.Fatal("the eventfd was written, and after 5 s WorkPending still says nothing is pending")
+		}
+	}
+	if err := r.Poll(); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Ready() {
+		t.Fatal("WorkPending said so, and Poll brought no completion")
+	}
+	completed(1)
+	if r.WorkPending() {
+		t.Fatal("work still pending once the completion was consumed")
+	}
+
+	read(2)
+	write()
+	if err := r.Sleep(); err != nil {
+		t.Fatal(err)
+	}
+	for !r.Ready() { // an interrupted Sleep returns early
+		if err := r.Sleep(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	completed(2)
 }
