@@ -271,7 +271,10 @@ func TestRingIdle(t *testing.T) {
 	time.Sleep(idle)
 	sw1, cpu1 := threadAccount(t, pid)
 	t.Logf("idle server over %v: %d context switches, %d clock ticks of CPU", idle, sw1-sw0, cpu1-cpu0)
-	if sw1-sw0 > 20 || cpu1-cpu0 > 2 {
+	// The bug woke the queues about 1,600 times in 2 s; the Go runtime's
+	// own timers (sysmon, GC, the race detector's under make racetest)
+	// wake the threads some dozens of times (6-48 seen under -race).
+	if sw1-sw0 > 200 || cpu1-cpu0 > 2 {
 		t.Errorf("the idle server's threads switched %d times and used %d clock ticks of CPU in %v: "+
 			"something polls or wakes periodically", sw1-sw0, cpu1-cpu0, idle)
 	}
