@@ -16,13 +16,7 @@ import (
 // TestReadWrite writes a file through the ring and reads it back, as the
 // FUSE queues do with devices.
 func TestReadWrite(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	r, err := New(8)
-	if err != nil {
-		t.Skipf("no io_uring here: %v", err)
-	}
-	defer r.Close()
+	r := newRing(t, 8)
 	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
 	if err != nil {
 		t.Fatal(err)
@@ -77,13 +71,7 @@ func TestReadWrite(t *testing.T) {
 // TestFullQueue checks that SQE reports a full submission queue instead of
 // overwriting entries not yet submitted.
 func TestFullQueue(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	r, err := New(4)
-	if err != nil {
-		t.Skipf("no io_uring here: %v", err)
-	}
-	defer r.Close()
+	r := newRing(t, 4)
 	for i := range 4 {
 		if r.SQE() == nil {
 			t.Fatalf("SQE %d: queue full too early", i)
@@ -97,13 +85,7 @@ func TestFullQueue(t *testing.T) {
 // TestInjectResult checks the fault injection the FUSE queues' tests use:
 // a NOP that completes with a chosen error.
 func TestInjectResult(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	r, err := New(4)
-	if err != nil {
-		t.Skipf("no io_uring here: %v", err)
-	}
-	defer r.Close()
+	r := newRing(t, 4)
 	s := r.SQE()
 	res := -int32(syscall.EIO)
 	s.Opcode, s.OpFlags, s.Len, s.UserData = OpNop, NopInjectResult, uint32(res), 42
@@ -127,13 +109,7 @@ func TestInjectResult(t *testing.T) {
 // then brings its completion; Sleep waits for the next one. The FUSE
 // queues poll this way for requests and device completions.
 func TestWorkPending(t *testing.T) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	r, err := New(4)
-	if err != nil {
-		t.Skipf("no io_uring here: %v", err)
-	}
-	defer r.Close()
+	r := newRing(t, 4)
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -205,4 +181,21 @@ func TestWorkPending(t *testing.T) {
 		}
 	}
 	completed(2)
+}
+
+// newRing sets up a ring of n entries for the test, on a thread of its
+// own (a ring belongs to the thread that submits), or skips.
+func newRing(t *testing.T, n uint32) *Ring {
+	t.Helper()
+	runtime.LockOSThread()
+	r, err := New(n)
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Skipf("no io_uring here: %v", err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		runtime.UnlockOSThread()
+	})
+	return r
 }
