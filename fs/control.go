@@ -101,6 +101,11 @@ type FileInfo struct {
 	// Pending: created, its volume not made yet (it is at the first
 	// write or the last close).
 	Pending bool `json:"pending,omitempty"`
+	// Busy: a change of the file's volume is under way (an lvm command
+	// or a device flush holds it: creating, resizing, renaming, saving
+	// attributes); Size is then the size the file has now, and a
+	// pending file's layout is not shown.
+	Busy bool `json:"busy,omitempty"`
 	// Handles are volfs's own open handles of the file (every open(2)
 	// through the mount that is not closed yet).
 	Handles int `json:"handles"`
@@ -144,9 +149,9 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 	for ino, n := range r.nodes {
 		nodes[ino] = n
 	}
-	pending := make([]*Image, 0, len(r.pending))
-	for _, n := range r.pending {
-		pending = append(pending, n)
+	pending := make(map[string]*Image, len(r.pending))
+	for name, n := range r.pending {
+		pending[name] = n
 	}
 	r.mu.Unlock()
 	de, _ := r.drv.(volmap.Describer)
@@ -172,8 +177,15 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 			// resized the idle volume since (as Image.refresh decides).
 			// The node may have changed its volume after the listing
 			// was read (a last close trims it and records the size).
-			n.mu.Lock()
+			// A node busy with a change is not waited for (an lvm
+			// command takes seconds; a flush of a hung disk forever).
 			f.Handles = int(n.opens.Load())
+			if !n.mu.TryLock() {
+				f.Size, f.Busy = n.size.Load(), true
+				seen[v.Name] = true
+				l.Files = append(l.Files, f)
+				continue
+			}
 			newer := n.changed > since
 			if !n.gone && (newer || n.opens.Load() > 0 || n.written.Load() || v.Size == n.devSize) {
 				f.Size = n.size.Load()
@@ -186,9 +198,15 @@ func (in *Inspector) Listing(ctx context.Context) (*Listing, error) {
 		seen[v.Name] = true
 		l.Files = append(l.Files, f)
 	}
-	for _, n := range pending {
-		n.mu.Lock()
-		f := FileInfo{Name: n.name, Size: n.size.Load(), Pending: true, Handles: int(n.opens.Load())}
+	for name, n := range pending {
+		f := FileInfo{Name: name, Size: n.size.Load(), Pending: true, Handles: int(n.opens.Load())}
+		if !n.mu.TryLock() {
+			f.Busy = true // its volume being made, most likely
+			if !seen[f.Name] {
+				l.Files = append(l.Files, f)
+			}
+			continue
+		}
 		if lo := r.layouter; lo != nil {
 			// The layout its volume is to be created with.
 			l := n.layout

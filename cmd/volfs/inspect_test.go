@@ -44,7 +44,7 @@ func sampleListing() *volfs.Listing {
 		{Name: "scratch", Size: 2 << 30, Used: 2 << 30, Details: volmap.Details{Kind: "raid10", Path: "/dev/vg0/scratch", Layout: "raid10 stripes=2 mirrors=1",
 			Health: "ok", SyncPercent: &syncing}, Holders: []volfs.Holder{}},
 		{Name: "web", Size: 20 << 30, Used: 3382286336, Details: volmap.Details{Kind: "thin", Path: "/dev/vg0/web", Pool: "pool"},
-			Handles: 2, Holders: []volfs.Holder{{PID: 1234, Command: "qemu-system-x86"}, {PID: 1300, Command: "rsync"}}},
+			Handles: 2, Busy: true, Holders: []volfs.Holder{{PID: 1234, Command: "qemu-system-x86"}, {PID: 1300, Command: "rsync"}}},
 	}
 	l.Total.Files, l.Total.Size, l.Total.Used = 5, 33<<30, 13<<30+3382286336
 	l.Pools = []volmap.Pool{

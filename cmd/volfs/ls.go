@@ -86,8 +86,15 @@ func printListing(w io.Writer, l *volfs.Listing) {
 		if f.ActiveOn != "" {
 			by = f.ActiveOn + " (shared VG)"
 		}
+		health := healthText(f.Details)
+		if f.Busy {
+			health = "busy" // an lvm command or flush is under way
+			if f.Details.Health != "" && f.Details.Health != "ok" {
+				health = healthText(f.Details) + ", busy"
+			}
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Name, size(f.Size), used, kind,
-			orDash(f.Layout), healthText(f.Details), dev, open, by)
+			orDash(f.Layout), health, dev, open, by)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "%s, %s, %s used\n", plural(l.Total.Files, "file"), size(l.Total.Size), size(l.Total.Used))
