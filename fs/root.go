@@ -306,14 +306,9 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if _, err := r.drv.Lookup(ctx, name); err == nil {
 		return nil, nil, 0, syscall.EEXIST
 	}
-	// Creation is lazy, so without this a full pool would only show at
-	// the first write, and `touch` would "succeed" with a file that
-	// vanishes at its last close. The listing is at most a second old.
-	if sr, ok := r.drv.(volmap.SpaceReporter); ok {
-		if s, err := sr.Space(ctx); err == nil && s.Total > 0 && s.Free <= 0 {
-			r.log.Warn("create refused: no free space for a new volume", slog.String("volume", name))
-			return nil, nil, 0, syscall.ENOSPC
-		}
+	if r.noRoom(ctx) {
+		r.log.Warn("create refused: no free space for a new volume", slog.String("volume", name))
+		return nil, nil, 0, syscall.ENOSPC
 	}
 	now := time.Now()
 	a := meta.Attrs{Mode: mode & 07777, Atime: now, Mtime: now, Ctime: now, Size: 0}
@@ -339,6 +334,29 @@ func (r *Root) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	n.fillAttr(&out.Attr)
 	return in, fh, fl, 0
+}
+
+// noRoom reports whether the pool has no free space for a new volume.
+// Creation is lazy, so without this check a full pool would only show at
+// the first write, and `touch` would "succeed" with a file that vanishes
+// at its last close. A cached space that shows room is taken as it is
+// (volmap.SpaceHinter): the volume manager refuses a volume that does not
+// fit when it is made (ENOSPC at the first write or the close), and many
+// files created at once do not each wait for the pool to be read. Only a
+// full pool is read again before a create is refused: another tool may
+// have freed space since.
+func (r *Root) noRoom(ctx context.Context) bool {
+	sr, ok := r.drv.(volmap.SpaceReporter)
+	if !ok {
+		return false
+	}
+	if h, ok := r.drv.(volmap.SpaceHinter); ok {
+		if s, ok := h.SpaceHint(); ok && (s.Total <= 0 || s.Free > 0) {
+			return false
+		}
+	}
+	s, err := sr.Space(ctx)
+	return err == nil && s.Total > 0 && s.Free <= 0
 }
 
 // Unlink removes a file's volume.

@@ -57,6 +57,15 @@ type SpaceReporter interface {
 	Space(ctx context.Context) (Space, error)
 }
 
+// SpaceHinter is implemented by SpaceReporters that cache the space:
+// SpaceHint returns the space last read, kept up to date with the driver's
+// own allocations, however old, without asking the volume manager (ok is
+// false when there is none). It is good enough to go ahead with a create
+// (the volume manager refuses what does not fit), not to refuse one.
+type SpaceHinter interface {
+	SpaceHint() (s Space, ok bool)
+}
+
 // Creator creates a volume of at least size bytes with the given attributes.
 type Creator interface {
 	Create(ctx context.Context, name string, size int64, a meta.Attrs) (Volume, error)

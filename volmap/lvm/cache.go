@@ -4,7 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/volmap"
 )
 
 // The listing cache.
@@ -77,7 +84,7 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 	}
 	f := d.startLocked(ctx, d.clock().Add(-d.cfg.CacheTTL))
 	d.cacheMu.Unlock()
-	return f.wait(ctx)
+	return f.wait(ctx, d)
 }
 
 // startLocked returns the refresh in flight for the current generation of
@@ -124,11 +131,69 @@ func (d *Driver) fly(ctx context.Context, f *flight) {
 	}
 }
 
-func (f *flight) wait(ctx context.Context) (*listing, error) {
+// wait returns the flight's listing, with the driver's own changes made
+// since it was installed applied over it.
+func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 	select {
 	case <-f.done:
-		return f.l, f.err
+		if f.err != nil {
+			return nil, f.err
+		}
+		d.cacheMu.Lock()
+		defer d.cacheMu.Unlock()
+		return d.withOwnLocked(f.l, false), nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for the listing: %w", context.Cause(ctx))
 	}
+}
+
+// fileAtHand is file for the driver's own changes to a file this process
+// uses (Open, Resize, SetAttrs): it takes the LV from the listing at hand,
+// however old, when the LV's device shows that the name still is that LV,
+// active and of that size (a stat and two sysfs reads, no lvm command);
+// otherwise it is file, which waits for a listing no older than the TTL.
+// With lvm slower than the TTL (a loaded machine, many files copied in
+// at once), waiting there made every create, close and trim wait for an
+// lvs of the whole VG. Another tool's rename, removal, re-creation or
+// resize of the LV shows at once; a change of its tags only at the next
+// refresh of the listing, which lookups and readdir run.
+func (d *Driver) fileAtHand(ctx context.Context, name string) (LV, error) {
+	lvName, err := volmap.EncodeName(name)
+	if err != nil {
+		return LV{}, err
+	}
+	d.cacheMu.Lock()
+	l := d.cache
+	d.cacheMu.Unlock()
+	if l != nil {
+		if lv, ok := l.lvs[lvName]; ok && d.deviceIs(lv) {
+			if _, isFile := d.fileName(lv); isFile {
+				return lv, nil
+			}
+		}
+	}
+	return d.file(ctx, name)
+}
+
+// deviceIs reports whether lv is active and its device node is that LV
+// (device-mapper UUID) at lv's size.
+func (d *Driver) deviceIs(lv LV) bool {
+	if !lv.Active || lv.UUID == "" {
+		return false
+	}
+	var st unix.Stat_t
+	if unix.Stat(d.devPath(lv.Name), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return false
+	}
+	sys := fmt.Sprintf("/sys/dev/block/%d:%d/", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	uuid, err := os.ReadFile(sys + "dm/uuid")
+	if err != nil || strings.TrimSpace(string(uuid)) != d.dmUUID(lv) {
+		return false
+	}
+	sectors, err := os.ReadFile(sys + "size")
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(sectors)), 10, 64)
+	return err == nil && n*512 == lv.Size
 }

@@ -272,11 +272,76 @@ func TestCacheOldRefreshNotShared(t *testing.T) {
 	}
 	f.touch("gate")
 	<-old.done
-	if _, ok := old.l.lvs["img2"]; ok {
-		t.Fatal("test broken: the old refresh saw the change")
+	// It read the report before the change (calls counts after the read)
+	// and ends after the newer refresh: its waiters get the newer one.
+	if old.l == nil || len(old.l.lvs) != 3 {
+		t.Fatalf("the old refresh gave its waiters %v, want the newer listing", old.l)
 	}
 	l, err := d.listing(ctx)
 	if err != nil || len(l.lvs) != 3 {
 		t.Fatalf("cached listing after the old refresh ended: %v, %v", l, err)
+	}
+}
+
+// The driver's own change (a create) while a refresh is under way does
+// not throw the refresh away: it installs with the change applied over
+// it, and a request that joins it after the change sees the change. Many
+// files created at once would otherwise keep every lookup waiting for yet
+// another lvs.
+func TestCachePatchDuringRefresh(t *testing.T) {
+	f := newListLVM(t, 2)
+	d, c := cacheDriver(t, f)
+	ctx := context.Background()
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	created := func(name string) LV {
+		return LV{Name: name, UUID: "uuid-" + name, Size: 4 << 20, Role: []string{"public"}, SegType: "linear"}
+	}
+
+	// A refresh ahead is under way when a create patches its LV in.
+	f.touch("hold")
+	c.advance(700 * time.Millisecond)
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	for f.calls() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.patch(created("new1"))
+	f.touch("gate")
+	waitIdle(d)
+	d.cacheMu.Lock()
+	l := d.cache
+	d.cacheMu.Unlock()
+	if !l.at.Equal(c.now()) {
+		t.Fatalf("the refresh under way during a create was not installed (listing from %v, now %v)", l.at, c.now())
+	}
+	if _, ok := l.lvs["new1"]; !ok || len(l.lvs) != 3 {
+		t.Fatalf("installed listing %v: want the refresh's two LVs and the created one", l.lvs)
+	}
+
+	// A request that must wait joins the refresh under way, started
+	// before a create, and sees the created LV.
+	f.rm("gate")
+	c.advance(3 * time.Second)
+	done := make(chan error, 1)
+	go func() { _, err := d.Lookup(ctx, "img0"); done <- err }()
+	for f.calls() < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.patch(created("new2"))
+	got := make(chan error, 1)
+	go func() { _, err := d.Lookup(ctx, "new2"); got <- err }()
+	time.Sleep(50 * time.Millisecond)
+	f.touch("gate")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("a lookup after a create, served by the refresh under way: %v", err)
+	}
+	if n := f.calls(); n != 3 {
+		t.Fatalf("%d lvs runs, want 3 (no refresh started for the lookup after the create)", n)
 	}
 }

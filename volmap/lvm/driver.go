@@ -86,6 +86,13 @@ type Driver struct {
 	flight   *flight
 	failedAt time.Time
 	took     time.Duration // how long the last refresh took
+	// own holds the driver's own changes (patch) by LV name, with when
+	// each was made, until a refresh that started after it shows it;
+	// ownSeq counts them. A refresh that was under way during a change
+	// installs its listing with the change applied over it, and serves
+	// it so to the requests that wait for it.
+	own    map[string]ownLV
+	ownSeq uint64
 	// now is the clock of the cache (time.Now when nil; tests set it).
 	now func() time.Time
 
@@ -126,6 +133,7 @@ var (
 	_ volmap.Renamer        = (*Driver)(nil)
 	_ volmap.Resizer        = (*Driver)(nil)
 	_ volmap.SpaceReporter  = (*Driver)(nil)
+	_ volmap.SpaceHinter    = (*Driver)(nil)
 	_ volmap.Detacher       = (*Driver)(nil)
 	_ volmap.DetachReplacer = (*Driver)(nil)
 )
@@ -136,6 +144,14 @@ type listing struct {
 	at      time.Time // when its lvs ended: its age counts from there
 	started time.Time // when its lvs started: a later one is newer
 	lvs     map[string]LV
+	ownSeq  uint64 // the driver's own changes applied (Driver.ownSeq)
+}
+
+// ownLV is an LV in the state the driver's own command left it, at when
+// (after the command ended).
+type ownLV struct {
+	lv LV
+	at time.Time
 }
 
 // asideLabel names the temporary LV that Replace moves a target to;
@@ -260,6 +276,7 @@ func (d *Driver) invalidate() {
 	d.cacheMu.Lock()
 	d.cache = nil
 	d.gen++
+	d.own = nil
 	d.cacheMu.Unlock()
 	d.dropSpace()
 }
@@ -303,26 +320,72 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 		l.lvs[lv.Name] = lv
 	}
 	d.cacheMu.Lock()
-	if d.gen == gen && (d.cache == nil || !d.cache.started.After(started)) {
+	switch {
+	case d.gen != gen:
+		// Invalidated meanwhile: only the requests that came before
+		// wait for it.
+	case d.cache == nil || !d.cache.started.After(started):
+		l = d.withOwnLocked(l, true)
 		d.cache = l
+	default:
+		l = d.cache // newer, and it has the driver's own changes
 	}
 	d.cacheMu.Unlock()
 	d.noteHealth(rows)
 	return l, nil
 }
 
+// withOwnLocked returns l with the driver's own changes that l may not
+// show applied over it: those made after its lvs started (or at once) (the lvs may
+// have read the LV before or after the change). For a listing just read
+// (fresh), the changes made before its lvs started are in it, and are
+// forgotten.
+func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
+	if l.ownSeq == d.ownSeq && !fresh {
+		return l
+	}
+	var newer []LV
+	for name, o := range d.own {
+		switch {
+		case !o.at.Before(l.started):
+			newer = append(newer, o.lv)
+		case fresh:
+			delete(d.own, name)
+		}
+	}
+	if len(newer) > 0 {
+		if !fresh {
+			l = &listing{at: l.at, started: l.started, lvs: maps.Clone(l.lvs)}
+		}
+		for _, lv := range newer {
+			l.lvs[lv.Name] = lv
+		}
+	}
+	l.ownSeq = d.ownSeq
+	return l
+}
+
 // patch puts one LV into the cached listing in a state the driver knows
 // exactly (after its own lvcreate, lvresize or lvchange), keeping the
 // listing's age: the lookups that follow a change are then served without
-// another lvs of the whole VG. A cache invalidated meanwhile stays empty.
+// another lvs of the whole VG. A refresh under way, which may have read
+// the LV before the change, still installs its listing, with the change
+// applied over it (withOwnLocked): a change does not throw away the
+// refresh, so many changes in a row (a hundred files copied in) do not
+// keep every lookup waiting for a listing. A cache invalidated meanwhile
+// stays empty until the next refresh, which will show the change.
 func (d *Driver) patch(lv LV) {
 	d.cacheMu.Lock()
 	defer d.cacheMu.Unlock()
-	d.gen++ // a refresh in flight may have read the old state
+	if d.own == nil {
+		d.own = map[string]ownLV{}
+	}
+	d.ownSeq++
+	d.own[lv.Name] = ownLV{lv: lv, at: d.clock()}
 	if d.cache == nil {
 		return
 	}
-	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs)}
+	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs), ownSeq: d.ownSeq}
 	l.lvs[lv.Name] = lv
 	d.cache = l
 }
@@ -444,7 +507,7 @@ func (d *Driver) Lookup(ctx context.Context, name string) (volmap.Volume, error)
 // for an existing device node and O_CREAT could make a regular file in
 // /dev/mapper). The device is checked to be this LV before it is returned.
 func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, error) {
-	lv, err := d.file(ctx, name)
+	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -496,12 +559,12 @@ func (d *Driver) deactivate(ctx context.Context, lvName string) error {
 
 // SetAttrs stores a in the LV's volfs tags with one lvchange that removes
 // the tags that change and adds their new values; nothing runs when no tag
-// changes. The diff is made against the listing (at most CacheTTL old, and
-// always reread after the driver's own changes).
+// changes. The diff is made against the LV's tags in the listing at hand
+// (fileAtHand), which holds the driver's own last change to them.
 func (d *Driver) SetAttrs(ctx context.Context, name string, a meta.Attrs) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	lv, err := d.file(ctx, name)
+	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -579,6 +642,18 @@ func (d *Driver) Space(ctx context.Context) (volmap.Space, error) {
 	}
 	d.space, d.spaceAt = s, start
 	return s, nil
+}
+
+// SpaceHint returns the VG's space as last read and accounted since for
+// the driver's own allocations (spaceChanged), however old. Not on a thin
+// mount: the pool fills with writes, which the driver does not account.
+func (d *Driver) SpaceHint() (volmap.Space, bool) {
+	if d.cfg.ThinPool != "" {
+		return volmap.Space{}, false
+	}
+	d.spaceMu.Lock()
+	defer d.spaceMu.Unlock()
+	return d.space, !d.spaceAt.IsZero()
 }
 
 // discoverPVs finds the VG's PVs with a scan and limits every later

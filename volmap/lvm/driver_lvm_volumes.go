@@ -112,8 +112,8 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 		}
 		args = append(args, "-L", bytesArg(bytes), "-Wy", "-Zy")
 	}
-	args = append(args, "--addtag", d.tag)
-	for _, t := range meta.EncodeTags(a) {
+	tags := append([]string{d.tag}, meta.EncodeTags(a)...)
+	for _, t := range tags {
 		args = append(args, "--addtag", t)
 	}
 	args = append(args, d.cfg.VG)
@@ -133,10 +133,14 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 		}
 		return volmap.Volume{}, err
 	}
-	// Read the new LV (its UUID) with an lvs of it alone, and add it to
-	// the listing: the lookups that follow a create need no lvs of the
-	// whole VG (with many concurrent creates, one per create).
-	lv, err := d.readLV(ctx, lvName)
+	// Describe the new LV (its UUID from its device, or with an lvs of
+	// it alone) and add it to the listing: the lookups that follow a
+	// create need no lvs of the whole VG (with many concurrent creates,
+	// one per create).
+	lv, known := d.createdLV(lvName, bytes, tags, layout)
+	if !known {
+		lv, err = d.readLV(ctx, lvName)
+	}
 	if err == nil {
 		if _, isFile := d.fileName(lv); isFile {
 			d.spaceChanged(lv, lv.Size)
@@ -160,6 +164,60 @@ func (d *Driver) create(ctx context.Context, name string, size int64, a meta.Att
 	err = errors.Join(fmt.Errorf("create %s: %w", name, err), d.undoCreate(ctx, lvName))
 	d.invalidate()
 	return volmap.Volume{}, err
+}
+
+// createdLV describes the LV that lvcreate has just made with lvName, size
+// bytes and tags, without an lvs: from what the driver asked for, and from
+// its device, whose device-mapper UUID holds the LV's UUID (lvcreate
+// activates the LV). With many files created at once, an lvs of each new
+// LV was one more command per file queued on the VG lock. Only for the
+// LVs whose report the driver can tell in advance: linear or thin, on a
+// VG not shared between hosts (lock arguments, shared activation); known
+// is false otherwise, or when the device does not show a new LV of that
+// size, and the caller reads the LV. The next refresh of the listing
+// replaces this description with lvs's (TestCreatedLV compares them).
+func (d *Driver) createdLV(lvName string, size int64, tags []string, layout volmap.Layout) (lv LV, known bool) {
+	if d.shared != nil || layout.Type != "" && layout.Type != "linear" {
+		return LV{}, false
+	}
+	lv = LV{Name: lvName, Size: size, Tags: slices.Clone(tags), DataPercent: -1, Role: []string{"public"},
+		Layout: []string{"linear"}, SegType: "linear", Attr: "-wi-a-----", DMPath: d.devPath(lvName),
+		Active: true, Stripes: 1, DataStripes: 1, SyncPercent: -1, Created: time.Now().Truncate(time.Second),
+		ZeroesNew: true} // -Zy
+	if d.cfg.ThinPool != "" {
+		lv.Layout, lv.SegType, lv.Attr, lv.Pool, lv.DataPercent = []string{"thin", "sparse"}, "thin", "Vwi-a-tz--", d.cfg.ThinPool, 0
+		lv.Stripes, lv.DataStripes = 0, 0
+		// lvs reports the pool's discard and zeroing modes for its thin
+		// LVs.
+		d.cacheMu.Lock()
+		var pool LV
+		var ok bool
+		if d.cache != nil {
+			pool, ok = d.cache.lvs[d.cfg.ThinPool]
+		}
+		d.cacheMu.Unlock()
+		if !ok {
+			return LV{}, false
+		}
+		lv.Discards, lv.ZeroesNew = pool.Discards, pool.ZeroesNew
+	}
+	var st unix.Stat_t
+	if unix.Stat(lv.DMPath, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return LV{}, false
+	}
+	lv.KernelMajor, lv.KernelMinor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+	sys := fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", lv.KernelMajor, lv.KernelMinor)
+	b, err := os.ReadFile(sys)
+	id, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "LVM-"+strings.ReplaceAll(d.vgUUID, "-", ""))
+	if err != nil || !ok || len(id) != 32 {
+		return LV{}, false
+	}
+	// LVM writes a UUID as 6-4-4-4-4-4-6 characters.
+	lv.UUID = id[:6] + "-" + id[6:10] + "-" + id[10:14] + "-" + id[14:18] + "-" + id[18:22] + "-" + id[22:26] + "-" + id[26:]
+	if !d.deviceIs(lv) {
+		return LV{}, false
+	}
+	return lv, true
 }
 
 // readLV runs lvs for one LV.
@@ -306,7 +364,7 @@ func (d *Driver) rename(ctx context.Context, from, to string) error {
 func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	lv, err := d.file(ctx, name)
+	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
 		return 0, err
 	}

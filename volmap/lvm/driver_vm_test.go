@@ -1068,3 +1068,45 @@ func TestScanSkipsFUSELoops(t *testing.T) {
 		t.Fatal("a read of the loop device did not reach the FUSE server")
 	}
 }
+
+// TestCreatedLV checks that Create runs the lvcreate alone and that the
+// LV it puts into the listing without an lvs (described from the request
+// and its device) is the LV lvs reports, for a linear and a thin file: lookups, opens, resizes and
+// attribute changes use it until the next refresh.
+func TestCreatedLV(t *testing.T) {
+	e := newEnv(t)
+	e.sh("lvcreate", "-q", "--type", "thin-pool", "-L", "64m", "-n", "pool", e.vg)
+	ctx := context.Background()
+	a := meta.Attrs{Mode: 0o640, UID: 7, GID: 8, Size: 12345, Mtime: time.Unix(1700000000, 5)}
+	for _, cfg := range []lvm.Config{{}, {ThinPool: "pool"}} {
+		d := e.driver(cfg)
+		name := "made-" + cfg.ThinPool
+		if _, err := d.List(ctx); err != nil { // as a mount has
+			t.Fatal(err)
+		}
+		n := e.cmd.n.Load()
+		if _, err := d.Create(ctx, name, 5*mib, a); err != nil {
+			t.Fatal(err)
+		}
+		if ran := e.cmd.n.Load() - n; ran != 1 {
+			t.Errorf("%s: Create ran %d lvm commands, want the lvcreate alone", name, ran)
+		}
+		got, ok := d.CachedLV(name)
+		if !ok {
+			t.Fatalf("%s: not in the listing after Create", name)
+		}
+		want, err := d.ReadLV(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := got.Created.Sub(want.Created); d < -5*time.Second || d > 5*time.Second {
+			t.Errorf("%s: created %v, lvs says %v", name, got.Created, want.Created)
+		}
+		got.Created, want.Created = time.Time{}, time.Time{}
+		slices.Sort(got.Tags)
+		slices.Sort(want.Tags)
+		if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+			t.Errorf("%s: Create described the LV as\n%+v\nlvs reports\n%+v", name, got, want)
+		}
+	}
+}
