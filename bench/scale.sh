@@ -118,14 +118,17 @@ if [[ $guest == 1 ]]; then
     (cd "$repo" && go build -o "$work/volfs" ./cmd/volfs)
     volfs=$work/volfs
   fi
-  run='^TestScale$'
-  ((files > 0)) && run='^(TestScale|TestScaleConcurrentCreate)$'
   out=$rawdir/scale-guest.log
-  log "guest: $run (VOLFS_SCALE_FILES=$files), log $out"
-  # The guest reads the host's root read-only: it runs the binary in place.
-  if ! (cd "$repo" && go test -count=1 -p 1 -timeout 90m -v -run "$run" \
-    -exec "$repo/integration/vm/vmrun.sh -t 5000 -D 4G -D 4G -D 4G -e VOLFS_BIN=$volfs -e VOLFS_SCALE_FILES=$files --" \
-    ./integration/lvm/) >"$out" 2>&1; then
+  log "guest: TestScale, then TestScaleConcurrentCreate (VOLFS_SCALE_FILES=$files); log $out"
+  # One guest, the test binary run once per test: TestScale first, on a
+  # fresh guest (go test would run the other first, in file order). The
+  # guest reads the host's root read-only: it runs both binaries in place.
+  (cd "$repo" && go test -c -o "$work/lvm.test" ./integration/lvm/)
+  t=$work/lvm.test
+  cmd="$t -test.v -test.count=1 -test.timeout 30m -test.run '^TestScale\$'; s=\$?"
+  ((files > 0)) && cmd+="; $t -test.v -test.count=1 -test.timeout 60m -test.run '^TestScaleConcurrentCreate\$' || s=1"
+  if ! (cd "$repo/integration/lvm" && "$repo/integration/vm/vmrun.sh" -t 5400 -D 4G -D 4G -D 4G \
+    -e "VOLFS_BIN=$volfs" -e "VOLFS_SCALE_FILES=$files" -- bash -c "$cmd; exit \$s") >"$out" 2>&1; then
     log "guest: FAILED (see $out)"
     failures=$((failures + 1))
   fi
