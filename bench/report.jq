@@ -1,6 +1,9 @@
 # Renders bench/run.sh's records ($r: one object per measurement: rep, dev,
-# side, job, metric, value) as one markdown table: per device and job row,
-# each side's median (min–max) and its ratio to raw's median.
+# side, job, metric, value) as markdown tables: per device and job row,
+# each side's median (min–max) and its ratio to raw's median; then the
+# scale rows of bench/scale.sh (side "scale", dev "guest" or "host"): each
+# figure's median (min–max) and its ratio to its baseline (one `lvs` of the
+# VG, or the same lvm commands run by lvm alone).
 #
 # Honesty: a cell whose range is wider than 25% of its median is marked
 # "±!" (the machine was noisy: rerun before quoting it). A raw figure that
@@ -84,19 +87,69 @@ def cpu($dev; $side; $job; $first):
       end
   end;
 
-"| device | job | unit | " + (side_names | join(" | ")) + " | volfs server CPU ms/GiB · per I/O | qsd CPU ms/GiB · per I/O |",
-"|---|---|---|" + ([sides[] | "---:"] | join("|")) + "|---:|---:|",
-(devs[] as $dev
-  | rows as $rows
-  | range(0; $rows | length) as $i
-  | $rows[$i] as [$job, $metric, $lbl, $unit]
-  | select(any($r[]; .dev == $dev and .job == $job and (.metric == $metric or .metric == "fail")))
-  | ($i == 0 or $rows[$i - 1][0] != $job) as $first
-  | (vals($dev; "raw"; $job; $metric) | median) as $raw
-  | ($job | test("^(cp|cv)")) as $secs
-  | rawsuspect($dev; $job; $metric) as $suspect
-  | "| \($dev) | \($lbl) | \($unit) | "
-    + ([sides[] as $side | cell($dev; $side; $job; $metric; $raw; $secs; $suspect)] | join(" | "))
-    + " | \(cpu($dev; "volfs"; $job; $first)) | \(cpu($dev; "qsd"; $job; $first)) |"),
-"",
-"±! = range wider than 25% of the median (noisy: rerun before quoting). raw? = raw's libaio and io_uring figures for the same job are more than 25% apart: no ratios on that row."
+# --- scale rows (bench/scale.sh) ---
+# [where, key, label, unit, baseline key, baseline label, lvm command count key]
+def scale_rows: [
+  ["guest", "lsl_cold_s", "`ls -l` of the VG's files, cold (after mount, default 1 s TTL)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_cold_lvs"],
+  ["guest", "lsl_warm_s", "`ls -l` again (default TTL)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_warm_lvs"],
+  ["guest", "lsl_fresh_s", "`ls -l`, listing fresh (`--cache-ttl 10m`), kernel caches cold", "s ↓", "lvs_s", "`lvs` of the VG", null],
+  ["guest", "lsl_changed_s", "`ls -l` after a change by volfs (`--cache-ttl 10m`)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_changed_lvs"],
+  ["guest", "ls_names_s", "`ls` (names only), kernel caches dropped", "s ↓", "lvs_s", "`lvs` of the VG", null],
+  ["guest", "stat_s", "`stat` of one file, kernel caches dropped, listing fresh", "s ↓", null, null, "stat_lvs"],
+  ["guest", "stat_ttl_s", "`stat` of one file, listing older than the TTL", "s ↓", null, null, "stat_ttl_lvs"],
+  ["guest", "lsl_requests", "FUSE requests of one `ls -l` (listing fresh)", "requests ↓", null, null, null],
+  ["guest", "lsl_getxattr", "… of which GETXATTR", "requests ↓", null, null, null],
+  ["guest", "lsl_readdirplus", "… of which READDIRPLUS", "requests ↓", null, null, null],
+  ["guest", "rss_kib_per_file", "server RSS per file after `ls -l`", "KiB ↓", null, null, null],
+  ["guest", "mount_s", "`volfs mount` of the VG", "s ↓", "lvs_s", "`lvs` of the VG", null],
+  ["guest", "create_s", "small images copied in, 8 `cp` at a time", "s ↓", "create_lvm_s", "lvcreate + lvresize + lvchange each, by lvm alone", null],
+  ["guest", "create_lvm_per_file", "lvm commands per image copied in", "commands ↓", null, null, null],
+  ["host", "lsl_cold_ms", "`ls -l` of 1,000 files, fs layer (in-memory driver), cold", "ms ↓", null, null, null],
+  ["host", "lsl_warm_ms", "`ls -l` again, warm", "ms ↓", null, null, null],
+  ["host", "lsl_requests", "FUSE requests of one `ls -l`", "requests ↓", null, null, null],
+  ["host", "heap_kib_per_file", "Go heap per file (its node)", "KiB ↓", null, null, null]
+];
+def svals($where; $key): vals($where; "scale"; $key; "v");
+def scell($v): if ($v | length) == 0 then "—"
+  else "\($v | median | fmt)\(rng($v))" + (if wide($v) then " ±!" else "" end) end;
+
+def scale_table:
+  "### Scale (issue #13: a VG of 1,000 LVs)",
+  "",
+  "guest: TestScale and TestScaleConcurrentCreate (integration/lvm) in a QEMU TCG guest, 1 vCPU, one run: \(svals("guest"; "files") | median // "?") LVs; \(svals("guest"; "create_files") | median // 0) images copied in. host: TestScaleListing (fs/), \([$r[] | select(.dev == "host" and .side == "scale") | .rep] | unique | length) runs. Ratios are to the baseline's median.",
+  "",
+  "| where | measure | unit | volfs | baseline | ratio | lvm commands |",
+  "|---|---|---|---:|---:|---:|---:|",
+  (scale_rows[] as [$where, $key, $lbl, $unit, $bkey, $blbl, $ckey]
+    | svals($where; $key) as $v
+    | select($v | length > 0)
+    | (if $bkey == null then [] else svals($where; $bkey) end) as $b
+    | "| \($where) | \($lbl) | \($unit) | \(scell($v)) | "
+      + (if ($b | length) == 0 then "" else "\($blbl): \(scell($b))" end) + " | "
+      + (if ($b | length) == 0 or ($b | median) == 0 then "" else ($v | median) / ($b | median) | fmtratio end) + " | "
+      + (if $ckey == null then "" else svals($where; $ckey) as $c | if ($c | length) == 0 then "" else "\($c | median | fmt) lvs" end end)
+      + " |"),
+  "",
+  "±! = range wider than 25% of the median. lvm commands: the lvm commands the server ran meanwhile (its debug log).";
+
+def device_table:
+  "| device | job | unit | " + (side_names | join(" | ")) + " | volfs server CPU ms/GiB · per I/O | qsd CPU ms/GiB · per I/O |",
+  "|---|---|---|" + ([sides[] | "---:"] | join("|")) + "|---:|---:|",
+  (devs[] as $dev
+    | rows as $rows
+    | range(0; $rows | length) as $i
+    | $rows[$i] as [$job, $metric, $lbl, $unit]
+    | select(any($r[]; .dev == $dev and .job == $job and (.metric == $metric or .metric == "fail")))
+    | ($i == 0 or $rows[$i - 1][0] != $job) as $first
+    | (vals($dev; "raw"; $job; $metric) | median) as $raw
+    | ($job | test("^(cp|cv)")) as $secs
+    | rawsuspect($dev; $job; $metric) as $suspect
+    | "| \($dev) | \($lbl) | \($unit) | "
+      + ([sides[] as $side | cell($dev; $side; $job; $metric; $raw; $secs; $suspect)] | join(" | "))
+      + " | \(cpu($dev; "volfs"; $job; $first)) | \(cpu($dev; "qsd"; $job; $first)) |"),
+  "",
+  "±! = range wider than 25% of the median (noisy: rerun before quoting). raw? = raw's libaio and io_uring figures for the same job are more than 25% apart: no ratios on that row."
+;
+
+(if any($r[]; .side != "scale") then device_table else empty end),
+(if any($r[]; .side == "scale") then (if any($r[]; .side != "scale") then "" else empty end), scale_table else empty end)

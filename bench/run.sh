@@ -11,8 +11,15 @@
 # on two loop devices: one over a file on /dev/shm (shows volfs's own cost),
 # one over a sparse file under /var/tmp with --direct-io=on (a real disk).
 #
+# Then the scale rows (bench/scale.sh, issue #13): `ls -l` of a VG of 1,000
+# LVs cold / warm / with the listing fresh against one `lvs`, `stat`, FUSE
+# requests and memory per file, and small images copied in at once against
+# lvm alone, in a QEMU TCG guest (one run, about 3 min plus 30 s per
+# BENCH_SCALE_FILES); and `ls -l` of 1,000 files through the fs layer on the
+# host. They get a table of their own.
+#
 # Every figure is the median over BENCH_REPEAT repetitions with its range,
-# and its ratio to the raw device measured in the same run. The table goes
+# and its ratio to the raw device measured in the same run. The tables go
 # to stdout and to bench/results/latest.md (full runs only); raw fio JSON,
 # per-measurement records and logs stay under bench/results/raw/RUN/.
 #
@@ -26,6 +33,11 @@
 #   BENCH_JOBS_SHM / BENCH_JOBS_DISK  job lists (see job_label below)
 #   BENCH_DEV_MIB=1280   loop device size (the jobs use its first GiB)
 #   VOLFS=path           volfs binary (default bin/volfs, built if missing)
+#   BENCH_SCALE=0        skip the scale rows (default 1)
+#   BENCH_SCALE_GUEST=0  scale rows of the host only, no guest (default 1;
+#                        0 with BENCH_QUICK)
+#   BENCH_SCALE_FILES=N  images copied in at once in the guest (default 20;
+#                        0 skips that test)
 #
 # A bash script, not a Go program: nearly every step is an external tool
 # (losetup, mkfs, mount, fio, qemu-storage-daemon, cp, qemu-img), which a
@@ -57,6 +69,8 @@ else
   JOBS[disk]=${BENCH_JOBS_DISK:-"seqread seqwrite randread32 randwrite32 randread1 syncwrite1 cpin cpout"}
 fi
 devices=${BENCH_DEVICES:-"shm disk"}
+scale=${BENCH_SCALE:-1}
+[[ $quick == 1 ]] && export BENCH_SCALE_GUEST=${BENCH_SCALE_GUEST:-0}
 sides=${BENCH_SIDES:-"raw volfs volfsdev qsd ext4"}
 dev_mib=${BENCH_DEV_MIB:-1280}
 region=1g            # fio works on the first GiB of every side
@@ -64,6 +78,7 @@ image_bytes=$((1 << 30))
 fio_timeout=300      # seconds; a hung side fails its job instead of the run
 
 [[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPEAT must be a positive integer" >&2; exit 2; }
+[[ $scale =~ ^[01]$ ]] || { echo "BENCH_SCALE must be 0 or 1" >&2; exit 2; }
 for d in $devices; do [[ $d == shm || $d == disk ]] || { echo "unknown device kind $d" >&2; exit 2; }; done
 known_jobs=" seqread seqwrite randread32 randwrite32 randread32u randwrite32u randread1 randwrite1 syncwrite1 bufread cpin cpout cvin cvout "
 for j in ${JOBS[shm]} ${JOBS[disk]}; do
@@ -449,6 +464,11 @@ for ((rep = 1; rep <= repeat; rep++)); do
     done
   done
 done
+if [[ $scale == 1 ]]; then
+  log "scale rows (bench/scale.sh; BENCH_SCALE=0 skips them)"
+  BENCH_RECORDS=$records BENCH_RAWDIR=$rawdir BENCH_REPEAT=$repeat VOLFS=$volfs "$here/scale.sh" ||
+    failures=$((failures + 1))
+fi
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$SECONDS
 

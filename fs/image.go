@@ -906,13 +906,16 @@ func (n *Image) Getxattr(ctx context.Context, attr string, dest []byte) (uint32,
 }
 
 // unstoredXattr answers a get or remove of an attribute in a namespace
-// volfs does not store. The kernel asks for security.capability on writes
-// and exec, and for the POSIX ACLs on permission checks: "none" is the
-// truth there and costs nothing (go-fuse's IgnoreSecurityLabels answers
-// these three itself on /dev/fuse). Anything else is unsupported.
+// volfs does not store: ENOTSUP, as a local file system without a handler
+// for the namespace answers, and as the set answers. Only
+// security.capability finds nothing (ENODATA): the kernel asks for it on
+// exec and writes. The POSIX ACLs are unsupported too (the mount does not
+// negotiate FUSE_POSIX_ACL, so the kernel checks mode and owner alone and
+// never asks for them): ENOTSUP tells `ls -l`, which asks every file for
+// its ACL and SELinux label, that the file system has neither, and it
+// stops asking after the first file; ENODATA cost a round trip per file.
 func unstoredXattr(attr string) syscall.Errno {
-	switch attr {
-	case "security.capability", "system.posix_acl_access", "system.posix_acl_default":
+	if attr == "security.capability" {
 		return syscall.ENODATA
 	}
 	return syscall.ENOTSUP

@@ -67,8 +67,10 @@ func Mount(dir string, root *Root, mo MountOptions) (*Server, error) {
 			// CAP_DIRECT_IO_ALLOW_MMAP: mmap works despite
 			// FOPEN_DIRECT_IO. CAP_ATOMIC_O_TRUNC: O_TRUNC reaches open,
 			// where a device file can ignore it as a device does.
-			ExtraCapabilities:    fuse.CAP_ASYNC_DIO | fuse.CAP_DIRECT_IO_ALLOW_MMAP | fuse.CAP_ATOMIC_O_TRUNC,
-			IgnoreSecurityLabels: true,
+			ExtraCapabilities: fuse.CAP_ASYNC_DIO | fuse.CAP_DIRECT_IO_ALLOW_MMAP | fuse.CAP_ATOMIC_O_TRUNC,
+			// Not IgnoreSecurityLabels: it answers the POSIX ACLs
+			// ENODATA before Image.Getxattr can say ENOTSUP (see
+			// unstoredXattr).
 			// Replies of 1 MiB plus header do not fit the 1 MiB pipe splice
 			// would use; every attempt fails and is logged.
 			DisableSplice: true,

@@ -194,15 +194,19 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		return nil, r.toErrno("readdir", "", err)
 	}
 	ents := make([]fuse.DirEntry, 0, len(vols))
-	seen := map[string]bool{}
 	for _, v := range vols {
 		ents = append(ents, fuse.DirEntry{Name: v.Name, Mode: syscall.S_IFREG, Ino: inoOf(v.Identity())})
-		seen[v.Name] = true
 	}
 	r.mu.Lock()
-	for name, p := range r.pending {
-		if !seen[name] {
-			ents = append(ents, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: p.ino})
+	if len(r.pending) > 0 {
+		listed := make(map[string]bool, len(vols))
+		for _, v := range vols {
+			listed[v.Name] = true
+		}
+		for name, p := range r.pending {
+			if !listed[name] {
+				ents = append(ents, fuse.DirEntry{Name: name, Mode: syscall.S_IFREG, Ino: p.ino})
+			}
 		}
 	}
 	r.mu.Unlock()

@@ -60,16 +60,15 @@ func (d *listDriver) SetAttrs(context.Context, string, meta.Attrs) error { retur
 
 // TestScaleListing times `ls -l` of a thousand files on the host (the fs
 // layer only: the driver answers from memory) and reports the memory of
-// a node; it asserts the calls into the driver: one List per listing and
-// one Lookup per file at most.
+// a node; it asserts the calls into the driver, one List per listing and
+// one Lookup per file at most, and the FUSE requests: a few READDIRPLUS
+// and a handful of GETXATTR, not one per file (`ls -l` asks each file for
+// its ACL and SELinux label until the file system says it has none).
 func TestScaleListing(t *testing.T) {
 	testutil.RequireRoot(t)
 	const files = 1000
 	d := newListDriver(files)
 	mnt := t.TempDir()
-	var before runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
 	root := NewRoot(Options{Driver: d, Log: slog.New(slog.DiscardHandler)})
 	srv, err := Mount(mnt, root, MountOptions{})
 	if err != nil {
@@ -81,8 +80,15 @@ func TestScaleListing(t *testing.T) {
 		}
 		srv.Wait()
 	})
+	// The heap the nodes take: measured from the mounted server (its
+	// request buffers are not per file).
+	var before runtime.MemStats
+	runtime.GC() // twice: the second frees what sync.Pools kept from the first
+	runtime.GC()
+	runtime.ReadMemStats(&before)
 	for i, what := range []string{"cold", "warm", "warm"} {
 		lists, lookups := d.lists.Load(), d.lookups.Load()
+		reqs := root.stats.Snapshot().Ops
 		start := time.Now()
 		out, err := exec.Command("ls", "-l", mnt).Output()
 		took := time.Since(start)
@@ -93,14 +99,37 @@ func TestScaleListing(t *testing.T) {
 			t.Fatalf("ls -l listed %d files", n)
 		}
 		dl, dk := d.lists.Load()-lists, d.lookups.Load()-lookups
-		t.Logf("ls -l (%s, run %d) of %d files: %v; driver: %d List, %d Lookup", what, i+1, files, took, dl, dk)
+		total, ops := requestsSince(reqs, root.stats.Snapshot().Ops)
+		t.Logf("ls -l (%s, run %d) of %d files: %v; driver: %d List, %d Lookup; %d FUSE requests %v",
+			what, i+1, files, took, dl, dk, total, ops)
+		testutil.Bench(t, "host", "lsl_"+what+"_ms", float64(took.Microseconds())/1000,
+			"lsl_requests", total, "lsl_getxattr", ops["getxattr"])
 		if dl > 1 || dk > 2*files {
 			t.Errorf("ls -l called List %d times and Lookup %d times; want at most 1 and %d", dl, dk, 2*files)
 		}
+		if ops["getxattr"] > 10 || ops["lookup"] > 0 {
+			t.Errorf("ls -l made %d GETXATTR and %d LOOKUP requests; want a handful and none (READDIRPLUS serves)",
+				ops["getxattr"], ops["lookup"])
+		}
 	}
 	var after runtime.MemStats
+	runtime.GC() // twice: the second frees what sync.Pools kept from the first
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	t.Logf("Go heap with %d nodes known to the kernel: %.1f KiB per file",
-		files, float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/files/1024)
+	perFile := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / files / 1024
+	t.Logf("Go heap with %d nodes known to the kernel: %.2f KiB per file", files, perFile)
+	testutil.Bench(t, "host", "heap_kib_per_file", perFile)
+}
+
+// requestsSince returns the FUSE requests served between two snapshots of
+// a mount's counters: their total and their count per operation.
+func requestsSince(before, after map[string]OpCounts) (int, map[string]int) {
+	total, ops := 0, map[string]int{}
+	for op, c := range after {
+		if n := int(c.Requests - before[op].Requests); n > 0 {
+			ops[op] = n
+			total += n
+		}
+	}
+	return total, ops
 }

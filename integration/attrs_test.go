@@ -230,8 +230,10 @@ func TestFdatasyncLeavesAttributes(t *testing.T) {
 // trusted.* xattrs are stored like user.* ones, but only for CAP_SYS_ADMIN:
 // the kernel refuses others' get and set, and the server leaves the names
 // out of their listings. Namespaces volfs does not store answer ENOTSUP to
-// get and set alike (libvirt asks before it sets), except the kernel's own
-// queries (security.capability, ACLs), which find nothing.
+// get and set alike (libvirt asks before it sets), the POSIX ACLs and the
+// SELinux label too (`ls -l` then stops asking for them after the first
+// file), except the kernel's own query for security.capability, which
+// finds nothing.
 func TestXattrNamespaces(t *testing.T) {
 	testutil.Need(t, "setpriv", "getfattr", "setfattr")
 	m, dev := setup(t, 16<<20)
@@ -272,6 +274,12 @@ func TestXattrNamespaces(t *testing.T) {
 		}
 		if err := unix.Setxattr(p, name, []byte("x"), 0); !errors.Is(err, unix.ENOTSUP) {
 			t.Errorf("set %s: %v, want ENOTSUP", name, err)
+		}
+	}
+	// Set through the kernel, these fail before they reach the server.
+	for _, name := range []string{"system.posix_acl_access", "system.posix_acl_default", "security.selinux"} {
+		if _, err := unix.Getxattr(p, name, buf); !errors.Is(err, unix.ENOTSUP) {
+			t.Errorf("get %s: %v, want ENOTSUP", name, err)
 		}
 	}
 	if _, err := unix.Getxattr(p, "security.capability", buf); !errors.Is(err, unix.ENODATA) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volfs/volfs/internal/testutil"
 )
 
 // scaleFiles is how many LVs TestScale makes: a thousand, or as many
@@ -19,7 +21,7 @@ const scaleFiles = 1000
 // TestScale mounts a VG of a thousand LVs and counts the lvm commands that
 // `ls -l` and `stat` cost (the server logs each command at debug level).
 // It prints the times, which it does not assert: the guest is slow and
-// shares a loaded machine.
+// shares a loaded machine; bench/scale.sh reads its BENCH lines.
 func TestScale(t *testing.T) {
 	e := newVG(t)
 	start := time.Now()
@@ -32,6 +34,7 @@ func TestScale(t *testing.T) {
 		took := time.Since(start)
 		lvsTime = max(lvsTime, took)
 		t.Logf("lvs %s (%d LVs), run %d: %v", e.vg, n, i+1, took.Round(time.Millisecond))
+		testutil.Bench(t, "guest", "lvs_s", took)
 	}
 
 	// As users run it (the listing is at most 1 s old). The count of lvs
@@ -40,6 +43,7 @@ func TestScale(t *testing.T) {
 	start = time.Now()
 	m := e.mount("--log-level", "debug")
 	t.Logf("volfs mount: %v", time.Since(start).Round(time.Millisecond))
+	testutil.Bench(t, "guest", "files", n, "mount_s", time.Since(start))
 	pid := serverPID(t, m.dir)
 	rss0 := rss(t, pid)
 	for i, what := range []string{"cold", "warm"} {
@@ -48,7 +52,12 @@ func TestScale(t *testing.T) {
 				t.Fatalf("ls -l listed %d files, want %d", got, n)
 			}
 		})
-		t.Logf("ls -l (%s, run %d) of %d files: %v, %d lvm commands (%d lvs)", what, i+1, n, c.took.Round(time.Millisecond), c.lvm, c.lvs)
+		t.Logf("ls -l (%s, run %d) of %d files: %v, %d lvm commands (%d lvs) taking %v", what, i+1, n,
+			c.took.Round(time.Millisecond), c.lvm, c.lvs, c.lvmTook.Round(time.Millisecond))
+		testutil.Bench(t, "guest", "lsl_"+what+"_s", c.took, "lsl_"+what+"_lvs", c.lvs)
+		if c.took > 5*time.Second+2*lvsTime {
+			t.Logf("slow ls -l: the lvm commands meanwhile:\n%s", strings.Join(c.lines, "\n"))
+		}
 		if limit := 2 + int(c.took/(500*time.Millisecond)); c.lvs > limit || c.lvm != c.lvs {
 			t.Errorf("ls -l ran %d lvm commands (%d lvs) in %v; want only lvs, at most %d (one per half second, plus one)",
 				c.lvm, c.lvs, c.took, limit)
@@ -57,8 +66,10 @@ func TestScale(t *testing.T) {
 	rss1 := rss(t, pid)
 	t.Logf("server memory: %d KiB RSS after mount, %d KiB after ls -l: %.1f KiB per file",
 		rss0, rss1, float64(rss1-rss0)/float64(n))
+	testutil.Bench(t, "guest", "rss_kib_per_file", float64(rss1-rss0)/float64(n))
 	c := m.count(t, func() { sh(t, "stat", m.path("img500")) })
-	t.Logf("stat of one file: %v, %d lvm commands", c.took.Round(time.Millisecond), c.lvm)
+	t.Logf("stat of one file: %v, %d lvm commands taking %v", c.took.Round(time.Millisecond), c.lvm, c.lvmTook.Round(time.Millisecond))
+	testutil.Bench(t, "guest", "stat_ttl_s", c.took, "stat_ttl_lvs", c.lvs)
 
 	// Other tools' changes show within the documented bound: the TTL (1 s),
 	// the kernel's entry timeout (1 s) and one lvs.
@@ -81,6 +92,7 @@ func TestScale(t *testing.T) {
 	m = e.mount("--log-level", "debug", "--cache-ttl", "10m")
 	c = m.count(t, func() { m.lsl(t) })
 	t.Logf("ls -l after mount (listing of the mount fresh): %v, %d lvm commands", c.took.Round(time.Millisecond), c.lvm)
+	testutil.Bench(t, "guest", "lsl_fresh_s", c.took)
 	if c.lvm != 0 {
 		t.Errorf("ls -l right after mount ran %d lvm commands, want 0 (the mount's listing serves)", c.lvm)
 	}
@@ -91,7 +103,13 @@ func TestScale(t *testing.T) {
 	dropCaches(t)
 	for i, want := range []int{1, 0} {
 		c = m.count(t, func() { m.lsl(t) })
-		t.Logf("ls -l %d after a change by volfs: %v, %d lvm commands", i+1, c.took.Round(time.Millisecond), c.lvm)
+		t.Logf("ls -l %d after a change by volfs: %v, %d lvm commands taking %v", i+1, c.took.Round(time.Millisecond), c.lvm,
+			c.lvmTook.Round(time.Millisecond))
+		if i == 0 {
+			testutil.Bench(t, "guest", "lsl_changed_s", c.took, "lsl_changed_lvs", c.lvs)
+		} else {
+			testutil.Bench(t, "guest", "lsl_fresh_s", c.took)
+		}
 		if c.lvm != want || c.lvs != want {
 			t.Errorf("ls -l %d after a change by volfs ran %d lvm commands (%d lvs), want %d lvs", i+1, c.lvm, c.lvs, want)
 		}
@@ -100,9 +118,11 @@ func TestScale(t *testing.T) {
 	start = time.Now()
 	sh(t, "ls", m.dir)
 	t.Logf("ls (names only, kernel caches dropped): %v", time.Since(start).Round(time.Millisecond))
+	testutil.Bench(t, "guest", "ls_names_s", time.Since(start))
 	dropCaches(t)
 	c = m.count(t, func() { sh(t, "stat", m.path("img7")) })
 	t.Logf("stat of one file (kernel caches dropped): %v, %d lvm commands", c.took.Round(time.Millisecond), c.lvm)
+	testutil.Bench(t, "guest", "stat_s", c.took, "stat_lvs", c.lvs)
 	if c.lvm != 0 {
 		t.Errorf("stat of one file ran %d lvm commands, want 0", c.lvm)
 	}
@@ -114,11 +134,19 @@ func TestScale(t *testing.T) {
 	start = time.Now()
 	m.lsl(t)
 	took := time.Since(start)
-	ops := map[string]int{}
+	ops, total := map[string]int{}, 0
 	for _, sm := range regexp.MustCompile(`rx \d+: (\w+)`).FindAllStringSubmatch(m.logText()[before:], -1) {
 		ops[sm[1]]++
+		total++
 	}
 	t.Logf("ls -l with every FUSE request logged: %v, requests %v", took.Round(time.Millisecond), ops)
+	testutil.Bench(t, "guest", "lsl_requests", total, "lsl_getxattr", ops["GETXATTR"], "lsl_readdirplus", ops["READDIRPLUS"])
+	// ls asks the first file for its ACL and SELinux label, and no other
+	// once told the file system has neither (ENOTSUP).
+	if ops["GETXATTR"] > 10 || ops["LOOKUP"] > 0 {
+		t.Errorf("ls -l made %d GETXATTR and %d LOOKUP requests; want a handful and none (READDIRPLUS serves)",
+			ops["GETXATTR"], ops["LOOKUP"])
+	}
 }
 
 // bulkLVs makes up to n linear LVs of one extent, img0..img(n-1), with one
@@ -197,10 +225,11 @@ func (m *mount) lsl(t *testing.T) int {
 }
 
 // counted is what an operation cost: its time and the lvm commands the
-// server ran meanwhile (lvs among them).
+// server ran meanwhile (lvs among them), with their time.
 type counted struct {
-	took     time.Duration
-	lvm, lvs int
+	took, lvmTook time.Duration
+	lvm, lvs      int
+	lines         []string // the lvm commands' log lines
 }
 
 // count runs f and counts the lvm commands the server logged meanwhile
@@ -219,12 +248,19 @@ func (m *mount) count(t *testing.T, f func()) counted {
 			continue
 		}
 		c.lvm++
+		c.lines = append(c.lines, line)
 		if strings.Contains(line, ` cmd="lvs `) || strings.Contains(line, ` cmd=lvs `) {
 			c.lvs++
+		}
+		if sm := tookRE.FindStringSubmatch(line); sm != nil {
+			d, _ := time.ParseDuration(sm[1])
+			c.lvmTook += d
 		}
 	}
 	return c
 }
+
+var tookRE = regexp.MustCompile(` took=(\S+)`)
 
 func dropCaches(t *testing.T) {
 	t.Helper()
