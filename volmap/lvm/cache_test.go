@@ -17,8 +17,9 @@ import (
 )
 
 // listLVM is an lvm binary (a shell script) that answers lvs with the
-// JSON in dir/report as it was when it started, waiting until dir/gate exists when dir/hold does,
-// and appends a line to dir/calls for each run.
+// JSON in dir/report as it was when it started, waiting until dir/gate exists when dir/hold did
+// then (a run counted in calls has decided whether to wait: removing hold
+// after does not release it), and appends a line to dir/calls for each run.
 type listLVM struct {
 	t   *testing.T
 	dir string
@@ -30,8 +31,9 @@ func newListLVM(t *testing.T, files int) *listLVM {
 	script := `#!/bin/sh
 d=` + f.dir + `
 r=$(cat $d/report)
+h=; [ -e $d/hold ] && h=1
 echo "$1" >> $d/calls
-if [ -e $d/hold ]; then while [ ! -e $d/gate ]; do sleep 0.01; done; fi
+if [ -n "$h" ]; then while [ ! -e $d/gate ]; do sleep 0.01; done; fi
 if [ -e $d/fail ]; then echo "  Volume group not readable" >&2; exit 5; fi
 echo "$r"
 `
