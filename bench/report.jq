@@ -104,6 +104,7 @@ def scale_rows: [
   ["guest", "mount_s", "`volfs mount` of the VG", "s ↓", "lvs_s", "`lvs` of the VG", null],
   ["guest", "create_s", "small images copied in, 8 `cp` at a time", "s ↓", "create_lvm_s", "lvcreate + lvresize + lvchange each, by lvm alone", null],
   ["guest", "create_lvm_per_file", "lvm commands per image copied in", "commands ↓", null, null, null],
+  ["guest", "create_reads_per_file", "… of which reads (`lvs`, `vgs`)", "commands ↓", null, null, null],
   ["host", "lsl_cold_ms", "`ls -l` of 1,000 files, fs layer (in-memory driver), cold", "ms ↓", null, null, null],
   ["host", "lsl_warm_ms", "`ls -l` again, warm", "ms ↓", null, null, null],
   ["host", "lsl_requests", "FUSE requests of one `ls -l`", "requests ↓", null, null, null],

@@ -84,20 +84,6 @@ bench_records() {
   echo "$n"
 }
 
-# godur: a Go duration (1m2.5s, 950ms) in seconds
-godur() {
-  awk -v d="$1" 'BEGIN {
-    s = 0
-    while (match(d, /^[0-9.]+(h|m|s|ms|us|µs|ns)/)) {
-      t = substr(d, 1, RLENGTH); d = substr(d, RLENGTH + 1)
-      n = t + 0; u = t; sub(/^[0-9.]+/, "", u)
-      s += n * (u == "h" ? 3600 : u == "m" ? 60 : u == "s" ? 1 : u == "ms" ? 1e-3 : u == "ns" ? 1e-9 : 1e-6)
-    }
-    if (d != "") exit 1
-    printf "%.6g", s
-  }'
-}
-
 # --- host: the fs layer alone ---------------------------------------------------------
 log "host: TestScaleListing x$repeat"
 (cd "$repo" && go test -c -o "$work/fs.test" ./fs/)
@@ -132,24 +118,10 @@ if [[ $guest == 1 ]]; then
     log "guest: FAILED (see $out)"
     failures=$((failures + 1))
   fi
-  log "guest: $(bench_records 1 "$out") figures"
-  # TestScaleConcurrentCreate's figures, from its log lines:
-  #   "N files copied in, 8 cp at a time: DUR; lvm commands map[...] (X per file)"
-  #   "the same N lvcreate, lvresize and lvchange by lvm alone, ...: DUR; ..."
-  if ((files > 0)); then
-    line=$(grep -o '[0-9]* files copied in, [0-9]* cp at a time: .*per file)' "$out" | head -1 || true)
-    base=$(grep -o 'by lvm alone, one after another: [^;]*' "$out" | head -1 || true)
-    re='^([0-9]+) files copied in, [0-9]+ cp at a time: ([^;]+);.*\(([0-9.]+) per file\)$'
-    if [[ $line =~ $re && -n $base ]]; then
-      record 1 guest create_files "${BASH_REMATCH[1]}"
-      record 1 guest create_s "$(godur "${BASH_REMATCH[2]}")"
-      record 1 guest create_lvm_per_file "${BASH_REMATCH[3]}"
-      record 1 guest create_lvm_s "$(godur "${base##*: }")"
-      log "guest: $line; lvm alone ${base##*: }"
-    else
-      log "guest: no figures of TestScaleConcurrentCreate in $out"
-      failures=$((failures + 1))
-    fi
+  log "guest: $(bench_records 1 "$out") figures; $(grep -o 'volfs / lvm alone: [0-9.]*' "$out" || echo "no create figures")"
+  if ((files > 0)) && ! grep -q 'BENCH guest create_files=' "$out"; then
+    log "guest: no figures of TestScaleConcurrentCreate in $out"
+    failures=$((failures + 1))
   fi
 fi
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/volfs/volfs/internal/testutil"
 )
 
 // TestScaleConcurrentCreate copies small images into the mount, 8 cp at a
@@ -103,4 +105,6 @@ func TestScaleConcurrentCreate(t *testing.T) {
 	base := time.Since(start)
 	t.Logf("the same %d lvcreate, lvresize and lvchange by lvm alone, one after another: %v; volfs / lvm alone: %.2f (volfs ran %d)",
 		files, base.Round(time.Millisecond), float64(took)/float64(base), changing+midCopy)
+	testutil.Bench(t, "guest", "create_files", files, "create_s", took, "create_lvm_s", base,
+		"create_lvm_per_file", float64(total)/float64(files), "create_reads_per_file", float64(reads)/float64(files))
 }

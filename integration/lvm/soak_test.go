@@ -48,11 +48,12 @@ type usage struct {
 	fds        int
 	threads    int
 	goroutines int
-	readers    int     // threads waiting in read(2) on /dev/fuse: go-fuse's idle readers
-	heapMiB    float64 // go_memstats_heap_inuse_bytes
-	handles    int     // volfs_open_handles
-	requests   float64 // the sum of volfs_requests_total
-	errors     float64 // the sum of volfs_errors_total
+	readers    int      // threads waiting in read(2) on /dev/fuse: go-fuse's idle readers
+	heapMiB    float64  // go_memstats_heap_inuse_bytes
+	handles    int      // volfs_open_handles
+	requests   float64  // the sum of volfs_requests_total
+	errors     float64  // the sum of volfs_errors_total
+	errorsBy   []string // its nonzero series, "op=N"
 }
 
 func (u usage) String() string {
@@ -421,8 +422,9 @@ func (s *soak) sample() (usage, error) {
 		if strings.HasPrefix(k, "volfs_requests_total{") {
 			u.requests += v
 		}
-		if strings.HasPrefix(k, "volfs_errors_total{") {
+		if strings.HasPrefix(k, "volfs_errors_total{") && v > 0 {
 			u.errors += v
+			u.errorsBy = append(u.errorsBy, fmt.Sprintf("%s=%.0f", strings.TrimPrefix(k, "volfs_errors_total"), v))
 		}
 	}
 	if u.rssKiB == 0 || u.threads == 0 || u.goroutines == 0 {
@@ -587,7 +589,8 @@ func TestSoak(t *testing.T) {
 	for _, k := range slices.Sorted(maps.Keys(s.ops)) {
 		t.Logf("  %5d  %s", s.ops[k], k)
 	}
-	t.Logf("  %.0f requests in the main load, %.0f failed (all phases)", end.requests-base.requests, end.errors)
+	slices.Sort(end.errorsBy)
+	t.Logf("  %.0f requests in the main load, %.0f failed (all phases): %v", end.requests-base.requests, end.errors, end.errorsBy)
 
 	// Idle after the load: what the load opened is closed, what it
 	// started has ended.
