@@ -156,7 +156,10 @@ func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 // at once), waiting there made every create, close and trim wait for an
 // lvs of the whole VG. Another tool's rename, removal, re-creation or
 // resize of the LV shows at once; a change of its tags only at the next
-// refresh of the listing, which lookups and readdir run.
+// refresh of the listing, which lookups and readdir run. Not on a shared
+// VG: there another host's volfs changes the tags of LVs it does not hold
+// (a chmod), and SetAttrs's diff must be made against a listing no older
+// than the TTL.
 func (d *Driver) fileAtHand(ctx context.Context, name string) (LV, error) {
 	lvName, err := volmap.EncodeName(name)
 	if err != nil {
@@ -165,7 +168,7 @@ func (d *Driver) fileAtHand(ctx context.Context, name string) (LV, error) {
 	d.cacheMu.Lock()
 	l := d.cache
 	d.cacheMu.Unlock()
-	if l != nil {
+	if l != nil && d.shared == nil {
 		if lv, ok := l.lvs[lvName]; ok && d.deviceIs(lv) {
 			if _, isFile := d.fileName(lv); isFile {
 				return lv, nil
