@@ -15,6 +15,7 @@ func TestStats(t *testing.T) {
 	s.record(OpRead, time.Minute, syscall.EIO)     // +Inf
 	s.record(OpLookup, 0, syscall.ENOENT)          // an answer, not an error
 	s.record(OpGetxattr, 0, syscall.ENODATA)       // likewise
+	s.record(OpGetxattr, 0, syscall.ENOTSUP)       // likewise (ls -l's ACL query)
 	s.record(OpWrite, 0, syscall.ENOSPC)           // an error
 	s.ringRecord(opWrite, time.Millisecond, 1<<20) // the ring's fast path
 	s.ringRecord(opRead, time.Millisecond, 4096)   // likewise

@@ -93,7 +93,7 @@ func newMountCollector(insp *volfs.Inspector, log *slog.Logger) *mountCollector 
 		insp:         insp,
 		log:          log,
 		requests:     d("volfs_requests_total", "FUSE requests answered, by operation.", []string{"op"}, nil),
-		errors:       d("volfs_errors_total", "FUSE requests answered with an error, by operation (a lookup of a missing name or an absent xattr is not an error).", []string{"op"}, nil),
+		errors:       d("volfs_errors_total", "FUSE requests answered with an error, by operation (a lookup of a missing name, or of an absent or unsupported xattr, is not an error).", []string{"op"}, nil),
 		duration:     d("volfs_request_duration_seconds", "Time to answer a FUSE request, by operation.", []string{"op"}, nil),
 		readBytes:    d("volfs_read_bytes_total", "Bytes read from images.", nil, nil),
 		writtenBytes: d("volfs_written_bytes_total", "Bytes written to images.", nil, nil),
