@@ -374,9 +374,15 @@ func hold(t *testing.T, path, out string) *holder {
 		<-h.done
 	})
 	fd3 := fmt.Sprintf("/proc/%d/fd/3", cmd.Process.Pid)
+	// fd 3 is the file, not what the child had at 3 before sh ran (Go's
+	// fork keeps the parent's descriptors until exec).
 	waitFor(t, "holder has "+filepath.Base(path)+" open", 10*time.Second, func() bool {
-		_, err := os.Readlink(fd3)
-		return err == nil
+		a, err := os.Stat(fd3)
+		if err != nil {
+			return false
+		}
+		b, err := os.Stat(path)
+		return err == nil && os.SameFile(a, b)
 	})
 	return h
 }

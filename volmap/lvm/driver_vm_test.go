@@ -609,7 +609,9 @@ func TestDetach(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/3", holder.Process.Pid)); err == nil {
+		// fd 3 is the device, not what the child had at 3 before sh ran
+		// (Go's fork keeps the parent's descriptors until exec).
+		if sameFile(fmt.Sprintf("/proc/%d/fd/3", holder.Process.Pid), filepath.Join("/dev", e.vg, "vm1")) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -1109,4 +1111,14 @@ func TestCreatedLV(t *testing.T) {
 			t.Errorf("%s: Create described the LV as\n%+v\nlvs reports\n%+v", name, got, want)
 		}
 	}
+}
+
+// sameFile reports whether a and b (followed) are the same file.
+func sameFile(a, b string) bool {
+	ia, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	ib, err := os.Stat(b)
+	return err == nil && os.SameFile(ia, ib)
 }
