@@ -98,6 +98,7 @@ FUZZ_TARGETS := FuzzTags@meta \
 	FuzzNames@volmap \
 	FuzzParseLayout@volmap \
 	FuzzReport@volmap/lvm \
+	FuzzStamp@volmap/lvm \
 	FuzzIntents@volmap/lvm \
 	FuzzSnapTags@volmap/lvm \
 	FuzzThinDump@volmap/lvm \

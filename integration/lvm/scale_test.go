@@ -71,6 +71,21 @@ func TestScale(t *testing.T) {
 	t.Logf("stat of one file: %v, %d lvm commands taking %v", c.took.Round(time.Millisecond), c.lvm, c.lvmTook.Round(time.Millisecond))
 	testutil.Bench(t, "guest", "stat_ttl_s", c.took, "stat_ttl_lvs", c.lvs)
 
+	// After more than a TTL of quiet (count waited 3 s for the lvm
+	// commands' log lines, the refresh behind the stat has ended):
+	// nothing changed the VG, so the listing is renewed (its stamp: the
+	// PVs' metadata area headers and the device-mapper devices) and ls -l
+	// waits for no lvs; one runs behind it.
+	time.Sleep(2 * time.Second)
+	before := len(m.logText())
+	c = m.count(t, func() { m.lsl(t) })
+	t.Logf("ls -l after 5 s of quiet: %v, %d lvm commands (%d lvs) taking %v", c.took.Round(time.Millisecond),
+		c.lvm, c.lvs, c.lvmTook.Round(time.Millisecond))
+	testutil.Bench(t, "guest", "lsl_expired_s", c.took, "lsl_expired_lvs", c.lvs)
+	if !strings.Contains(m.logText()[before:], "has not changed since the listing: renewed") {
+		t.Errorf("ls -l of an unchanged VG after more than a TTL of quiet did not renew the listing")
+	}
+
 	// Other tools' changes show within the documented bound: the TTL (1 s),
 	// the kernel's entry timeout (1 s) and one lvs.
 	bound := 2*time.Second + 2*lvsTime + time.Second // + the guest's noise
@@ -130,7 +145,7 @@ func TestScale(t *testing.T) {
 
 	// Where the time of ls -l goes: the FUSE requests it makes.
 	m = e.mount("--debug", "--cache-ttl", "10m", "--io-uring=false")
-	before := len(m.logText())
+	before = len(m.logText())
 	start = time.Now()
 	m.lsl(t)
 	took := time.Since(start)

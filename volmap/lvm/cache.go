@@ -29,7 +29,10 @@ import (
 //     long as the last refresh took (lvs of a thousand LVs can take longer
 //     than half the TTL on a slow machine, and requests would then wait
 //     for it);
-//   - past that, or with no listing (the driver's own changes drop it), a
+//   - past that, the listing is renewed (served as if just read, with a
+//     refresh behind it) when the VG's stamp shows that nothing was
+//     committed or (de)activated since its lvs began (stamp.go);
+//   - otherwise, or with no listing (the driver's own changes drop it), a
 //     request waits for a refresh.
 //
 // A request that needs a refresh shares the one in flight, provided it
@@ -65,26 +68,82 @@ func (d *Driver) listing(ctx context.Context) (*listing, error) {
 		return d.refresh(ctx, d.clock())
 	}
 	d.cacheMu.Lock()
-	if l := d.cache; l != nil {
-		now := d.clock()
-		age := now.Sub(l.at)
-		if f := d.flight; f != nil && f.gen == d.gen && age <= d.cfg.CacheTTL+d.took {
-			d.cacheMu.Unlock()
-			return l, nil // stale, but its refresh is under way
-		}
-		if age <= d.cfg.CacheTTL {
-			// A refresh ahead that failed is not retried for half a TTL
-			// (no lvs storm); a request past the TTL reports the error.
-			if age > d.cfg.CacheTTL/2 && now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
-				d.startLocked(ctx, now)
-			}
-			d.cacheMu.Unlock()
-			return l, nil
-		}
+	l := d.servableLocked(ctx)
+	d.cacheMu.Unlock()
+	if l != nil {
+		return l, nil
 	}
+	if l := d.renew(ctx); l != nil {
+		return l, nil
+	}
+	d.cacheMu.Lock()
 	f := d.startLocked(ctx, d.clock().Add(-d.cfg.CacheTTL))
 	d.cacheMu.Unlock()
 	return f.wait(ctx, d)
+}
+
+// servableLocked returns the cached listing if a request may have it
+// without waiting (starting a refresh ahead when it is aging), or nil.
+func (d *Driver) servableLocked(ctx context.Context) *listing {
+	l := d.cache
+	if l == nil {
+		return nil
+	}
+	now := d.clock()
+	age := now.Sub(l.at)
+	if f := d.flight; f != nil && f.gen == d.gen && age <= d.cfg.CacheTTL+d.took {
+		return l // stale, but its refresh is under way
+	}
+	if age > d.cfg.CacheTTL {
+		return nil
+	}
+	// A refresh ahead that failed is not retried for half a TTL (no lvs
+	// storm); a request past the TTL reports the error.
+	if age > d.cfg.CacheTTL/2 && now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
+		d.startLocked(ctx, now)
+	}
+	return l
+}
+
+// renew returns the expired cached listing as read now, when the VG's
+// stamp shows that nothing was committed or (de)activated since its lvs
+// (stamp.go), and starts a refresh behind it for the figures that move
+// without a commit. Otherwise it returns nil: the request waits for an
+// lvs. One renewal at a time: the requests behind it find the listing
+// renewed.
+func (d *Driver) renew(ctx context.Context) *listing {
+	d.renewMu.Lock()
+	defer d.renewMu.Unlock()
+	d.cacheMu.Lock()
+	l := d.servableLocked(ctx)
+	old := d.cache
+	d.cacheMu.Unlock()
+	if l != nil {
+		return l
+	}
+	if old == nil || old.stamp == "" {
+		return nil
+	}
+	at := d.clock()
+	stamp, err := d.stamp()
+	if err != nil || stamp != old.stamp {
+		d.log.Debug("the VG changed since the listing: reading it again", slog.Any("err", err))
+		return nil
+	}
+	d.cacheMu.Lock()
+	defer d.cacheMu.Unlock()
+	if d.cache != old {
+		return d.servableLocked(ctx) // replaced or dropped meanwhile
+	}
+	r := *old
+	r.at = at
+	d.cache = &r
+	if now := d.clock(); now.Sub(d.failedAt) > d.cfg.CacheTTL/2 {
+		d.startLocked(ctx, now)
+	}
+	d.renewals.Add(1)
+	d.log.Debug("the VG has not changed since the listing: renewed")
+	return &r
 }
 
 // startLocked returns the refresh in flight for the current generation of

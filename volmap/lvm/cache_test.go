@@ -347,3 +347,77 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 		t.Fatalf("%d lvs runs, want 3 (no refresh started for the lookup after the create)", n)
 	}
 }
+
+// TestCacheRenewal: an expired listing whose VG stamp has not changed
+// serves at once, with a refresh behind it (held here: a request that
+// waited for it would hang); a changed stamp or none makes requests wait
+// for an lvs, as do the driver's own changes.
+func TestCacheRenewal(t *testing.T) {
+	const files = 100
+	f := newListLVM(t, files)
+	d, clock := cacheDriver(t, f)
+	var stamp atomic.Value
+	stamp.Store("s1")
+	d.stampOf = func() (string, error) {
+		s := stamp.Load().(string)
+		if s == "" {
+			return "", errors.New("a PV is unreadable")
+		}
+		return s, nil
+	}
+	lookupAll(t, d, files)
+	if n := f.calls(); n != 1 {
+		t.Fatalf("cold lookups ran lvs %d times", n)
+	}
+
+	// Unchanged: renewed, no request waits.
+	clock.advance(5 * time.Second)
+	f.touch("hold")
+	lookupAll(t, d, files)
+	if n := d.renewals.Load(); n != 1 {
+		t.Fatalf("%d renewals, want 1", n)
+	}
+	f.touch("gate")
+	waitIdle(d)
+	f.rm("hold")
+	f.rm("gate")
+	if n := f.calls(); n != 2 {
+		t.Fatalf("a renewal ran lvs %d times, want 1 (behind it)", n-1)
+	}
+
+	// Changed (another tool's lvremove): the requests wait for the lvs
+	// and see the change.
+	f.setFiles(files - 1)
+	stamp.Store("s2")
+	clock.advance(5 * time.Second)
+	if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", files-1)); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("an LV removed with the stamp changed was found: %v", err)
+	}
+	// No stamp (a PV unreadable): no renewal.
+	stamp.Store("")
+	clock.advance(5 * time.Second)
+	f.setFiles(files - 2)
+	if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", files-2)); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("an LV removed with no stamp was found: %v", err)
+	}
+	// The listing read without a stamp is never renewed, even when the
+	// stamp is back.
+	stamp.Store("s2")
+	clock.advance(5 * time.Second)
+	f.setFiles(files - 3)
+	if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", files-3)); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a listing read without a stamp was renewed: %v", err)
+	}
+	if n := d.renewals.Load(); n != 1 {
+		t.Fatalf("%d renewals, want still 1", n)
+	}
+	// The driver's own change: the listing it patched is not renewed.
+	waitIdle(d)
+	d.patch(LV{Name: "own", UUID: "uuid-own", Size: 4 << 20, Attr: "-wi-------"})
+	clock.advance(5 * time.Second)
+	calls := f.calls()
+	lookupAll(t, d, files-3)
+	if f.calls() != calls+1 || d.renewals.Load() != 1 {
+		t.Fatalf("after an own change: %d lvs, %d renewals; want 1 lvs, no renewal", f.calls()-calls, d.renewals.Load()-1)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/volfs/volfs/meta"
@@ -95,6 +96,11 @@ type Driver struct {
 	ownSeq uint64
 	// now is the clock of the cache (time.Now when nil; tests set it).
 	now func() time.Time
+	// renewMu serializes renewals of an expired listing (renew); stampOf
+	// replaces stamp in tests.
+	renewMu  sync.Mutex
+	renewals atomic.Int64
+	stampOf  func() (string, error)
 
 	spaceMu sync.Mutex
 	space   volmap.Space
@@ -145,6 +151,7 @@ type listing struct {
 	started time.Time // when its lvs started: a later one is newer
 	lvs     map[string]LV
 	ownSeq  uint64 // the driver's own changes applied (Driver.ownSeq)
+	stamp   string // the VG's stamp just before its lvs started ("": none)
 }
 
 // ownLV is an LV in the state the driver's own command left it, at when
@@ -294,6 +301,10 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 	d.cacheMu.Lock()
 	gen := d.gen
 	d.cacheMu.Unlock()
+	stamp, err := d.stamp()
+	if err != nil {
+		d.log.Debug("no stamp of the VG: an expired listing is read again", slog.Any("err", err))
+	}
 	out, err := d.lvm.Report(ctx, "lvs", lvFields, d.cfg.VG)
 	if err != nil {
 		return nil, fmt.Errorf("list LVs of %s: %w", d.cfg.VG, err)
@@ -301,6 +312,10 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 	rows, err := ParseLVs(out)
 	if err != nil {
 		return nil, err
+	}
+	if len(rows) > 0 && rows[0].VGMissingPVs > 0 {
+		// The PVs whose metadata the stamp read are not all of the VG's.
+		stamp = ""
 	}
 	if len(rows) > 0 && rows[0].VGMissingPVs > 0 && d.rediscoverPVs(ctx) {
 		// The VG has PVs that the commands do not see (vgextend since
@@ -315,7 +330,7 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 	// Its age counts from when lvs finished: with a thousand LVs on a slow
 	// machine lvs can take longer than the TTL, and a listing aged from
 	// its start would be stale on arrival (every request would wait).
-	l := &listing{at: d.clock(), started: started, lvs: make(map[string]LV, len(rows))}
+	l := &listing{at: d.clock(), started: started, lvs: make(map[string]LV, len(rows)), stamp: stamp}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
 	}

@@ -1122,3 +1122,101 @@ func sameFile(a, b string) bool {
 	ib, err := os.Stat(b)
 	return err == nil && os.SameFile(ia, ib)
 }
+
+// TestListingRenewal: an expired listing serves again without an lvs when
+// nothing changed the VG (its stamp: the PVs' metadata area headers and
+// the device-mapper devices), and never after another tool's change: each
+// kind of change below is made while the listing is expired, and the next
+// request must see it.
+func TestListingRenewal(t *testing.T) {
+	e := newEnv(t)
+	const ttl = 300 * time.Millisecond
+	d := e.driver(lvm.Config{CacheTTL: ttl})
+	ctx := context.Background()
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := d.Create(ctx, name, mib, meta.Attrs{Mode: 0o644, Size: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// expire reads a listing, lets its refresh end and waits past the TTL.
+	expire := func() {
+		t.Helper()
+		if _, err := d.List(ctx); err != nil {
+			t.Fatal(err)
+		}
+		d.WaitListing()
+		time.Sleep(2 * ttl)
+	}
+	lookup := func(name string) (volmap.Volume, error) { return d.Lookup(ctx, name) }
+
+	expire()
+	r := d.Renewals()
+	n := e.cmd.n.Load()
+	if vols, err := d.List(ctx); err != nil || len(vols) != 3 {
+		t.Fatalf("List = %v, %v", vols, err)
+	}
+	if d.Renewals() != r+1 {
+		t.Fatal("an expired listing of an unchanged VG was not renewed")
+	}
+	d.WaitListing()
+	t.Logf("a renewal ran %d lvm commands (the refresh behind it)", e.cmd.n.Load()-n)
+
+	for _, c := range []struct {
+		what  string
+		cmd   []string
+		check func() error
+	}{
+		{"lvrename", []string{"lvrename", e.vg, "a", "a2"}, func() error {
+			if _, err := lookup("a"); !errors.Is(err, volmap.ErrNotFound) {
+				return fmt.Errorf("the old name: %v", err)
+			}
+			_, err := lookup("a2")
+			return err
+		}},
+		{"lvextend", []string{"lvextend", "-q", "-L", "+4m", e.vg + "/b"}, func() error {
+			if v, err := lookup("b"); err != nil || v.Size != 8*mib {
+				return fmt.Errorf("size %d, %v; want %d", v.Size, err, 8*mib)
+			}
+			return nil
+		}},
+		{"lvchange --addtag", []string{"lvchange", "--deltag", "volfs.mode=0644", "--addtag", "volfs.mode=0600", e.vg + "/c"}, func() error {
+			if v, err := lookup("c"); err != nil || v.Attrs.Mode != 0o600 {
+				return fmt.Errorf("mode %o, %v; want 0600", v.Attrs.Mode, err)
+			}
+			return nil
+		}},
+		{"lvcreate", []string{"lvcreate", "-q", "-an", "-Zn", "-Wn", "-L", "4m", "-n", "d", e.vg}, func() error {
+			_, err := lookup("d")
+			return err
+		}},
+		{"lvremove", []string{"lvremove", "-q", "-y", e.vg + "/d"}, func() error {
+			if _, err := lookup("d"); !errors.Is(err, volmap.ErrNotFound) {
+				return fmt.Errorf("still there: %v", err)
+			}
+			return nil
+		}},
+		// Activation commits nothing: the device-mapper devices show it.
+		{"lvchange -an", []string{"lvchange", "-an", e.vg + "/b"}, nil},
+		{"lvchange -ay", []string{"lvchange", "-ay", e.vg + "/b"}, nil},
+	} {
+		expire()
+		e.sh(c.cmd[0], c.cmd[1:]...)
+		r := d.Renewals()
+		if c.check != nil {
+			if err := c.check(); err != nil {
+				t.Errorf("after %s by another tool, made while the listing was expired: %v", c.what, err)
+			}
+		} else if _, err := d.List(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if d.Renewals() != r {
+			t.Errorf("the listing was renewed after %s by another tool", c.what)
+		}
+	}
+	// And renewals go on once the changes are read.
+	expire()
+	r = d.Renewals()
+	if _, err := lookup("a2"); err != nil || d.Renewals() != r+1 {
+		t.Fatalf("no renewal after the changes were read: %v", err)
+	}
+}

@@ -19,3 +19,17 @@ func (d *Driver) CachedLV(lvName string) (LV, bool) {
 
 // ReadLV is readLV.
 func (d *Driver) ReadLV(ctx context.Context, lvName string) (LV, error) { return d.readLV(ctx, lvName) }
+
+// Renewals counts the expired listings served again because the VG's
+// stamp had not changed.
+func (d *Driver) Renewals() int64 { return d.renewals.Load() }
+
+// WaitListing waits for the refresh of the listing under way, if any.
+func (d *Driver) WaitListing() {
+	d.cacheMu.Lock()
+	f := d.flight
+	d.cacheMu.Unlock()
+	if f != nil {
+		<-f.done
+	}
+}
