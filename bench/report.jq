@@ -94,7 +94,7 @@ def scale_rows: [
   ["guest", "lsl_warm_s", "`ls -l` again (default TTL)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_warm_lvs"],
   ["guest", "lsl_expired_s", "`ls -l` after 5 s of quiet (listing expired, VG unchanged: renewed)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_expired_lvs"],
   ["guest", "lsl_fresh_s", "`ls -l`, listing fresh (`--cache-ttl 10m`), kernel caches cold", "s ↓", "lvs_s", "`lvs` of the VG", null],
-  ["guest", "lsl_changed_s", "`ls -l` after a change by volfs (`--cache-ttl 10m`)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_changed_lvs"],
+  ["guest", "lsl_changed_s", "`ls -l` after a create and a removal by volfs (`--cache-ttl 10m`)", "s ↓", "lvs_s", "`lvs` of the VG", "lsl_changed_lvs"],
   ["guest", "ls_names_s", "`ls` (names only), kernel caches dropped", "s ↓", "lvs_s", "`lvs` of the VG", null],
   ["guest", "stat_s", "`stat` of one file, kernel caches dropped, listing fresh", "s ↓", null, null, "stat_lvs"],
   ["guest", "stat_ttl_s", "`stat` of one file, listing older than the TTL (VG unchanged: renewed)", "s ↓", null, null, "stat_ttl_lvs"],

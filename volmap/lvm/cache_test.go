@@ -346,6 +346,29 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 	if n := f.calls(); n != 3 {
 		t.Fatalf("%d lvs runs, want 3 (no refresh started for the lookup after the create)", n)
 	}
+
+	// A removal during a refresh ahead that read the LV before it: the
+	// refresh's listing is installed without the LV.
+	f.rm("gate")
+	c.advance(700 * time.Millisecond)
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
+	for f.calls() < 4 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.forget("img0")
+	if _, err := d.Lookup(ctx, "img0"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a removed LV was looked up in the listing it was taken out of: %v", err)
+	}
+	f.touch("gate")
+	waitIdle(d)
+	if _, err := d.Lookup(ctx, "img0"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a refresh that read a removed LV before its removal brought it back: %v", err)
+	}
+	if _, err := d.Lookup(ctx, "img1"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestCacheRenewal: an expired listing whose VG stamp has not changed

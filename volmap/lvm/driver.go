@@ -157,8 +157,9 @@ type listing struct {
 // ownLV is an LV in the state the driver's own command left it, at when
 // (after the command ended).
 type ownLV struct {
-	lv LV
-	at time.Time
+	lv   LV
+	at   time.Time
+	gone bool // removed: lv holds only its name
 }
 
 // asideLabel names the temporary LV that Replace moves a target to;
@@ -359,11 +360,11 @@ func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
 	if l.ownSeq == d.ownSeq && !fresh {
 		return l
 	}
-	var newer []LV
+	var newer []ownLV
 	for name, o := range d.own {
 		switch {
 		case !o.at.Before(l.started):
-			newer = append(newer, o.lv)
+			newer = append(newer, o)
 		case fresh:
 			delete(d.own, name)
 		}
@@ -372,8 +373,12 @@ func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
 		if !fresh {
 			l = &listing{at: l.at, started: l.started, lvs: maps.Clone(l.lvs)}
 		}
-		for _, lv := range newer {
-			l.lvs[lv.Name] = lv
+		for _, o := range newer {
+			if o.gone {
+				delete(l.lvs, o.lv.Name)
+			} else {
+				l.lvs[o.lv.Name] = o.lv
+			}
 		}
 	}
 	l.ownSeq = d.ownSeq
@@ -389,19 +394,29 @@ func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
 // refresh, so many changes in a row (a hundred files copied in) do not
 // keep every lookup waiting for a listing. A cache invalidated meanwhile
 // stays empty until the next refresh, which will show the change.
-func (d *Driver) patch(lv LV) {
+func (d *Driver) patch(lv LV) { d.patchOwn(lv, false) }
+
+// forget takes an LV the driver itself removed out of the cached listing,
+// as patch puts one in.
+func (d *Driver) forget(lvName string) { d.patchOwn(LV{Name: lvName}, true) }
+
+func (d *Driver) patchOwn(lv LV, gone bool) {
 	d.cacheMu.Lock()
 	defer d.cacheMu.Unlock()
 	if d.own == nil {
 		d.own = map[string]ownLV{}
 	}
 	d.ownSeq++
-	d.own[lv.Name] = ownLV{lv: lv, at: d.clock()}
+	d.own[lv.Name] = ownLV{lv: lv, at: d.clock(), gone: gone}
 	if d.cache == nil {
 		return
 	}
 	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs), ownSeq: d.ownSeq}
-	l.lvs[lv.Name] = lv
+	if gone {
+		delete(l.lvs, lv.Name)
+	} else {
+		l.lvs[lv.Name] = lv
+	}
 	d.cache = l
 }
 

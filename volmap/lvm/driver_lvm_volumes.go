@@ -262,10 +262,24 @@ func (d *Driver) undoCreate(ctx context.Context, lvName string) error {
 // is open elsewhere is not removed: the error wraps ErrInUse and names
 // what holds it when that can be found (processes, mounts, stacked
 // devices, loop devices).
-func (d *Driver) Remove(ctx context.Context, name string) error {
+//
+// A removal takes the LV out of the cached listing (forget), which
+// keeps serving: `rm` then `ls -l` does not wait for an lvs of the whole
+// VG. When the listing shows LVs that depend on it (snapshots, whose rows
+// lvremove changes or removes too), or on any error, the listing is
+// dropped instead.
+func (d *Driver) Remove(ctx context.Context, name string) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer d.invalidate()
+	var removed LV
+	defer func() {
+		if err != nil || d.hasDependents(removed) {
+			d.invalidate()
+			return
+		}
+		d.forget(removed.Name)
+		d.dropSpace()
+	}()
 	lv, err := d.file(ctx, name)
 	if err != nil {
 		return err
@@ -276,7 +290,24 @@ func (d *Driver) Remove(ctx context.Context, name string) error {
 	if err := d.busyElsewhere(ctx, lv, "remove "+name); err != nil {
 		return err
 	}
+	removed = lv
 	return d.remove(ctx, name, lv.Name)
+}
+
+// hasDependents reports whether the cached listing shows an LV whose
+// origin or pool is lv.
+func (d *Driver) hasDependents(lv LV) bool {
+	d.cacheMu.Lock()
+	defer d.cacheMu.Unlock()
+	if d.cache == nil {
+		return false
+	}
+	for _, o := range d.cache.lvs {
+		if o.Origin == lv.Name || o.Pool == lv.Name {
+			return true
+		}
+	}
+	return false
 }
 
 // verifyIdentity rereads the LV that the listing says is the file name

@@ -1219,4 +1219,27 @@ func TestListingRenewal(t *testing.T) {
 	if _, err := lookup("a2"); err != nil || d.Renewals() != r+1 {
 		t.Fatalf("no renewal after the changes were read: %v", err)
 	}
+
+	// The driver's own removal takes the LV out of its listing, which
+	// keeps serving (rm, then ls -l, waits for no lvs of the VG).
+	d2 := e.driver(lvm.Config{CacheTTL: 10 * time.Minute})
+	if vols, err := d2.List(ctx); err != nil || len(vols) != 3 {
+		t.Fatalf("List = %v, %v", vols, err)
+	}
+	if err := d2.Remove(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	n = e.cmd.n.Load()
+	if vols, err := d2.List(ctx); err != nil || len(vols) != 2 {
+		t.Fatalf("List after Remove = %v, %v", vols, err)
+	}
+	if _, err := d2.Lookup(ctx, "c"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("Lookup of the removed file: %v", err)
+	}
+	if got := e.cmd.n.Load() - n; got != 0 {
+		t.Errorf("List and Lookup after the driver's own Remove ran %d lvm commands, want none", got)
+	}
+	if _, ok := e.lvs()["c"]; ok {
+		t.Fatal("lvs still shows the removed LV")
+	}
 }
