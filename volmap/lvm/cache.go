@@ -117,11 +117,16 @@ func (d *Driver) renew(ctx context.Context) *listing {
 	d.cacheMu.Lock()
 	l := d.servableLocked(ctx)
 	old := d.cache
+	// A refresh the request may share is under way (the VG changed, and
+	// the request before this one started it): wait for it rather than
+	// read the stamp again, once per request of an ls -l.
+	f := d.flight
+	joins := f != nil && f.gen == d.gen && !f.start.Before(d.clock().Add(-d.cfg.CacheTTL))
 	d.cacheMu.Unlock()
 	if l != nil {
 		return l
 	}
-	if old == nil || old.stamp == "" {
+	if old == nil || old.stamp == "" || joins {
 		return nil
 	}
 	at := d.clock()

@@ -409,12 +409,30 @@ func TestCacheRenewal(t *testing.T) {
 	}
 
 	// Changed (another tool's lvremove): the requests wait for the lvs
-	// and see the change.
+	// and see the change; the stamp is read once, not once per request.
 	f.setFiles(files - 1)
 	stamp.Store("s2")
+	var stamps atomic.Int32
+	d.stampOf = func() (string, error) {
+		stamps.Add(1)
+		return stamp.Load().(string), nil
+	}
 	clock.advance(5 * time.Second)
+	lookupAll(t, d, files-1)
 	if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", files-1)); !errors.Is(err, volmap.ErrNotFound) {
 		t.Fatalf("an LV removed with the stamp changed was found: %v", err)
+	}
+	// One for the renewal, one before the lvs (a request that came after
+	// the refresh had started may read it once more).
+	if n := stamps.Load(); n > 3 {
+		t.Fatalf("%d lookups of a changed VG read its stamp %d times", files-1, n)
+	}
+	d.stampOf = func() (string, error) {
+		s := stamp.Load().(string)
+		if s == "" {
+			return "", errors.New("a PV is unreadable")
+		}
+		return s, nil
 	}
 	// No stamp (a PV unreadable): no renewal.
 	stamp.Store("")
