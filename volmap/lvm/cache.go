@@ -130,7 +130,7 @@ func (d *Driver) renew(ctx context.Context) *listing {
 		return nil
 	}
 	at := d.clock()
-	stamp, err := d.stamp()
+	stamp, err := d.stamp(old.watch)
 	if err != nil || stamp != old.stamp {
 		d.log.Debug("the VG changed since the listing: reading it again", slog.Any("err", err))
 		return nil

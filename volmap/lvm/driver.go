@@ -150,8 +150,9 @@ type listing struct {
 	at      time.Time // when its lvs ended: its age counts from there
 	started time.Time // when its lvs started: a later one is newer
 	lvs     map[string]LV
-	ownSeq  uint64 // the driver's own changes applied (Driver.ownSeq)
-	stamp   string // the VG's stamp just before its lvs started ("": none)
+	ownSeq  uint64   // the driver's own changes applied (Driver.ownSeq)
+	stamp   string   // the VG's stamp just before its lvs started ("": none)
+	watch   []string // the devices whose status the stamp holds (Driver.watched)
 }
 
 // ownLV is an LV in the state the driver's own command left it, at when
@@ -301,8 +302,12 @@ func (d *Driver) dropSpace() {
 func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, error) {
 	d.cacheMu.Lock()
 	gen := d.gen
+	var watch []string
+	if d.cache != nil {
+		watch = d.watched(d.cache.lvs)
+	}
 	d.cacheMu.Unlock()
-	stamp, err := d.stamp()
+	stamp, err := d.stamp(watch)
 	if err != nil {
 		d.log.Debug("no stamp of the VG: an expired listing is read again", slog.Any("err", err))
 	}
@@ -331,9 +336,14 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 	// Its age counts from when lvs finished: with a thousand LVs on a slow
 	// machine lvs can take longer than the TTL, and a listing aged from
 	// its start would be stale on arrival (every request would wait).
-	l := &listing{at: d.clock(), started: started, lvs: make(map[string]LV, len(rows)), stamp: stamp}
+	l := &listing{at: d.clock(), started: started, lvs: make(map[string]LV, len(rows)), watch: watch}
 	for _, lv := range rows {
 		l.lvs[lv.Name] = lv
+	}
+	if slices.Equal(watch, d.watched(l.lvs)) {
+		// Else the stamp missed the status of a pool or RAID LV (the
+		// first listing, or one made since): the next refresh's has it.
+		l.stamp = stamp
 	}
 	d.cacheMu.Lock()
 	switch {

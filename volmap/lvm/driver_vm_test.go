@@ -408,6 +408,18 @@ func TestThin(t *testing.T) {
 	if err != nil || v.Used < 4*mib || v.Used > 5*mib {
 		t.Fatalf("Used after writing 4 MiB: %+v, %v", v, err)
 	}
+	// Nothing written since: the pool's status is the same, and the
+	// expired listing is renewed (a write would have changed the status:
+	// the Lookup above came after one).
+	d.WaitListing()
+	time.Sleep(1100 * time.Millisecond)
+	r := d.Renewals()
+	if v, err := d.Lookup(ctx, "t1"); err != nil || v.Used < 4*mib {
+		t.Fatalf("Lookup = %+v, %v", v, err)
+	}
+	if d.Renewals() != r+1 {
+		t.Error("the expired listing of an unchanged VG with a thin pool was not renewed")
+	}
 	sp, err := d.Space(ctx)
 	// data_percent has two decimals: Free is exact to 0.01% of the pool.
 	if err != nil || sp.Total != 256*mib || sp.Free > 252*mib+256*mib/10000 || sp.Free < 250*mib {

@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volfs/volfs/volmap"
 )
 
 // The VG's stamp: has anything changed since a listing was read?
@@ -28,12 +30,17 @@ import (
 // device-mapper devices (name and number). It costs a few reads and one
 // ioctl, no lvm command.
 //
+// Some figures move without a commit: the data a thin pool holds (a thin
+// file's st_blocks), a RAID LV's sync and health. The stamp holds the
+// device-mapper status of the VG's thin pools and RAID LVs too (one ioctl
+// each, no flush): a write that allocates in a pool, a discard that
+// frees, a resync step or a failed leg changes it.
+//
 // A listing remembers the stamp taken just before its lvs started; when
-// the stamp is the same later, no commit and no (de)activation happened
-// in between, and the listing still says what an lvs would, except the
-// figures that move without a commit (the thin data use, RAID sync,
-// health): a renewed listing serves at once and a refresh runs behind it
-// for those (cache.go).
+// the stamp is the same later, no commit, no (de)activation and no such
+// move happened in between, and the listing still says what an lvs would
+// (cache.go renews it; a refresh runs behind for what the stamp cannot
+// see: a thin file whose discard freed blocks a snapshot still shares).
 
 // labelScanSectors is how many sectors at the start of a PV may hold its
 // label (LVM's LABEL_SCAN_SECTORS).
@@ -115,10 +122,11 @@ func mdaHeader(b []byte) (locations []byte, inUse bool, err error) {
 	return b[first:end], inUse, nil
 }
 
-// stamp returns the VG's stamp: the metadata area headers of its PVs and
-// the host's device-mapper devices. An error means a change cannot be
-// ruled out (a PV unreadable or without an area in use, no PVs known).
-func (d *Driver) stamp() (string, error) {
+// stamp returns the VG's stamp: the metadata area headers of its PVs,
+// the host's device-mapper devices and the status of the devices in
+// watch (watched). An error means a change cannot be ruled out (a PV
+// unreadable or without an area in use, no PVs known).
+func (d *Driver) stamp(watch []string) (string, error) {
 	if d.stampOf != nil {
 		return d.stampOf()
 	}
@@ -129,11 +137,42 @@ func (d *Driver) stamp() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dm, err := dmDevices()
+	ctl, err := os.OpenFile("/dev/mapper/control", os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer ctl.Close()
+	dm, err := dmDevices(ctl)
 	if err != nil {
 		return "", fmt.Errorf("list device-mapper devices: %w", err)
 	}
-	return s + dm, nil
+	var st strings.Builder
+	for _, name := range watch {
+		status, err := dmStatus(ctl, name)
+		if err != nil {
+			return "", fmt.Errorf("status of device-mapper device %s: %w", name, err)
+		}
+		fmt.Fprintf(&st, "%s:%s;", name, status)
+	}
+	return s + dm + st.String(), nil
+}
+
+// watched are the device-mapper devices whose status the stamp of a
+// listing of lvs holds: the thin pools' (the pool's -tpool layer while
+// thin LVs are active, the pool's own device otherwise) and the RAID LVs'.
+func (d *Driver) watched(lvs map[string]LV) []string {
+	var w []string
+	for name, lv := range lvs {
+		switch {
+		case lv.SegType == "thin-pool":
+			dm := volmap.DMName(d.cfg.VG, name)
+			w = append(w, dm, dm+"-tpool")
+		case strings.HasPrefix(lv.SegType, "raid") || lv.SegType == "mirror":
+			w = append(w, volmap.DMName(d.cfg.VG, name))
+		}
+	}
+	slices.Sort(w)
+	return w
 }
 
 // pvsStamp returns the metadata area headers of the PVs.
@@ -201,22 +240,71 @@ func pvStamp(path string, buf []byte, s *strings.Builder) (int, error) {
 	return used, nil
 }
 
-// The device-mapper ioctl that lists devices (linux/dm-ioctl.h).
+// The device-mapper ioctls that list devices and give a device's status
+// (linux/dm-ioctl.h).
 const (
 	dmIoctlSize    = 312 // struct dm_ioctl
 	dmListDevices  = 3<<30 | dmIoctlSize<<16 | 0xfd<<8 | 2
+	dmTableStatus  = 3<<30 | dmIoctlSize<<16 | 0xfd<<8 | 12
 	dmBufferFull   = 1 << 8
-	dmNameListHead = 12 // struct dm_name_list: dev (8), next (4), then the name
+	dmNoFlush      = 1 << 11 // DM_NOFLUSH_FLAG: a thin pool's status commits nothing
+	dmNameListHead = 12      // struct dm_name_list: dev (8), next (4), then the name
+	dmTargetSpec   = 40      // struct dm_target_spec, then its status text
 )
+
+// dmStatus returns the status of the device-mapper device name, every
+// target's, or "absent" when there is no such device.
+func dmStatus(f *os.File, name string) (string, error) {
+	le := binary.LittleEndian
+	if len(name) >= 128 {
+		return "", errors.New("name too long")
+	}
+	buf := make([]byte, 16<<10)
+	le.PutUint32(buf[0:], 4) // interface version 4.0.0
+	le.PutUint32(buf[12:], uint32(len(buf)))
+	le.PutUint32(buf[16:], dmIoctlSize)
+	le.PutUint32(buf[28:], dmNoFlush)
+	copy(buf[48:48+127], name)
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), dmTableStatus, uintptr(unsafe.Pointer(&buf[0])))
+	switch {
+	case errno == unix.ENXIO:
+		return "absent", nil
+	case errno != 0:
+		return "", errno
+	case le.Uint32(buf[28:])&dmBufferFull != 0:
+		return "", errors.New("status too long")
+	}
+	return parseDMStatus(buf, int(le.Uint32(buf[16:])), int(le.Uint32(buf[20:])))
+}
+
+// parseDMStatus reads count dm_target_spec entries, each followed by its
+// status text, from start in buf (next counts from start).
+func parseDMStatus(buf []byte, start, count int) (string, error) {
+	le := binary.LittleEndian
+	var s strings.Builder
+	at := start
+	for i := range count {
+		if at < 0 || at+dmTargetSpec > len(buf) || i > 1024 {
+			return "", errors.New("device-mapper status runs past its buffer")
+		}
+		text := buf[at+dmTargetSpec:]
+		end := bytes.IndexByte(text, 0)
+		if end < 0 {
+			return "", errors.New("device-mapper status is not terminated")
+		}
+		fmt.Fprintf(&s, "%d+%d %s|", le.Uint64(buf[at:]), le.Uint64(buf[at+8:]), text[:end])
+		next := start + int(le.Uint32(buf[at+20:]))
+		if next <= at && i+1 < count {
+			return "", errors.New("device-mapper status goes backwards")
+		}
+		at = next
+	}
+	return s.String(), nil
+}
 
 // dmDevices lists the host's device-mapper devices, name and number,
 // sorted.
-func dmDevices() (string, error) {
-	f, err := os.OpenFile("/dev/mapper/control", os.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
+func dmDevices(f *os.File) (string, error) {
 	le := binary.LittleEndian
 	for size := 64 << 10; size <= 64<<20; size *= 4 {
 		buf := make([]byte, size)
@@ -227,7 +315,7 @@ func dmDevices() (string, error) {
 		if errno != 0 {
 			return "", errno
 		}
-		if le.Uint32(buf[24:])&dmBufferFull != 0 {
+		if le.Uint32(buf[28:])&dmBufferFull != 0 {
 			continue
 		}
 		return parseDMNames(buf, int(le.Uint32(buf[16:])))

@@ -133,7 +133,7 @@ func TestPVStampRefuses(t *testing.T) {
 }
 
 // FuzzStamp feeds hostile labels, metadata area headers and
-// device-mapper lists to the parsers.
+// device-mapper lists and statuses to the parsers.
 func FuzzStamp(f *testing.F) {
 	label := make([]byte, labelScanSectors*512)
 	sec := label[512:1024]
@@ -155,6 +155,7 @@ func FuzzStamp(f *testing.F) {
 		}
 		for start := range min(len(b), 64) {
 			_, _ = parseDMNames(b, start)
+			_, _ = parseDMStatus(b, start, len(b)%5)
 		}
 	})
 }
