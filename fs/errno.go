@@ -75,7 +75,12 @@ func (r *Root) toErrno(op, name string, err error) syscall.Errno {
 	case e == syscall.EIO && (writeOps[op] || strings.Contains(op, "flush") || op == "fsync"):
 		r.poolIOError(name)
 	}
-	if e != syscall.ENOENT {
+	switch {
+	case e == syscall.ENOENT:
+	case errors.Is(err, context.Canceled):
+		// Its caller withdrew the request (a signal: FUSE_INTERRUPT).
+		r.log.Debug(op+" interrupted", slog.String("volume", name), slog.Any("err", err))
+	default:
 		r.log.Warn(op+" failed", slog.String("volume", name), slog.String("errno", e.Error()), slog.Any("err", err))
 	}
 	return e

@@ -105,9 +105,12 @@ func (s *Stats) record(op Op, took time.Duration, errno syscall.Errno) {
 // does not store (`ls -l` asks for the SELinux label and the POSIX ACL:
 // ENOTSUP, see unstoredXattr), a buffer the kernel sizes first, an O_EXCL
 // create of an existing name, a request the kernel stops sending once
-// told it is not implemented (ENOSYS: statx, ioctl).
+// told it is not implemented (ENOSYS: statx, ioctl), a request its caller
+// withdrew (EINTR: a signal interrupted the program waiting for it, the
+// kernel sent FUSE_INTERRUPT, and volfs stopped waiting, as for a ^C of an
+// ls that waits for a listing).
 func expected(op Op, errno syscall.Errno) bool {
-	if errno == syscall.ENOSYS || errno == syscall.ENOTTY && op == OpOther {
+	if errno == syscall.ENOSYS || errno == syscall.EINTR || errno == syscall.ENOTTY && op == OpOther {
 		return true
 	}
 	switch op {

@@ -14,6 +14,7 @@ func TestStats(t *testing.T) {
 	s.record(OpRead, 3*time.Millisecond, 0)        // 5 ms bucket
 	s.record(OpRead, time.Minute, syscall.EIO)     // +Inf
 	s.record(OpLookup, 0, syscall.ENOENT)          // an answer, not an error
+	s.record(OpLookup, 0, syscall.EINTR)           // withdrawn by its caller (a signal), not an error
 	s.record(OpGetxattr, 0, syscall.ENODATA)       // likewise
 	s.record(OpGetxattr, 0, syscall.ENOTSUP)       // likewise (ls -l's ACL query)
 	s.record(OpWrite, 0, syscall.ENOSPC)           // an error
@@ -31,7 +32,7 @@ func TestStats(t *testing.T) {
 	if i := 7; LatencyBuckets[i] != 5e-3 || r.Buckets[i] != 3 || r.Buckets[i-1] != 2 {
 		t.Errorf("read buckets = %v: want the 3 ms request in the 5 ms bucket", r.Buckets)
 	}
-	if c := snap.Ops["lookup"]; c.Requests != 1 || c.Errors != 0 {
+	if c := snap.Ops["lookup"]; c.Requests != 2 || c.Errors != 0 {
 		t.Errorf("lookup = %+v", c)
 	}
 	if c := snap.Ops["getxattr"]; c.Errors != 0 {
