@@ -404,28 +404,36 @@ func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
 // refresh, so many changes in a row (a hundred files copied in) do not
 // keep every lookup waiting for a listing. A cache invalidated meanwhile
 // stays empty until the next refresh, which will show the change.
-func (d *Driver) patch(lv LV) { d.patchOwn(lv, false) }
+func (d *Driver) patch(lv LV) { d.patchOwn(ownLV{lv: lv}) }
 
 // forget takes an LV the driver itself removed out of the cached listing,
 // as patch puts one in.
-func (d *Driver) forget(lvName string) { d.patchOwn(LV{Name: lvName}, true) }
+func (d *Driver) forget(lvName string) { d.patchOwn(ownLV{lv: LV{Name: lvName}, gone: true}) }
 
-func (d *Driver) patchOwn(lv LV, gone bool) {
+// patchOwn applies the driver's own changes (their at is set here) to the
+// cached listing at once.
+func (d *Driver) patchOwn(changes ...ownLV) {
 	d.cacheMu.Lock()
 	defer d.cacheMu.Unlock()
 	if d.own == nil {
 		d.own = map[string]ownLV{}
 	}
 	d.ownSeq++
-	d.own[lv.Name] = ownLV{lv: lv, at: d.clock(), gone: gone}
+	now := d.clock()
+	for _, c := range changes {
+		c.at = now
+		d.own[c.lv.Name] = c
+	}
 	if d.cache == nil {
 		return
 	}
 	l := &listing{at: d.cache.at, started: d.cache.started, lvs: maps.Clone(d.cache.lvs), ownSeq: d.ownSeq}
-	if gone {
-		delete(l.lvs, lv.Name)
-	} else {
-		l.lvs[lv.Name] = lv
+	for _, c := range changes {
+		if c.gone {
+			delete(l.lvs, c.lv.Name)
+		} else {
+			l.lvs[c.lv.Name] = c.lv
+		}
 	}
 	d.cache = l
 }

@@ -356,14 +356,31 @@ func (d *Driver) remove(ctx context.Context, name, lvName string) error {
 
 // Rename renames the file's LV. It fails with ErrExists when an LV called
 // newName exists (lvrename cannot replace; see Replace).
-func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
+//
+// Like Remove, a rename patches the cached listing (the LV moves to its
+// new name and device path), which keeps serving: `mv` then `ls -l` does
+// not wait for an lvs. On errors, or when LVs depend on it (snapshots,
+// whose origin lvs reports by name), the listing is dropped instead.
+func (d *Driver) Rename(ctx context.Context, oldName, newName string) (err error) {
 	newLV, err := d.newLVName(newName)
 	if err != nil {
 		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer d.invalidate()
+	var from LV
+	defer func() {
+		if err != nil || from.Name == "" || d.hasDependents(from) {
+			d.invalidate()
+			return
+		}
+		to := from
+		to.Name = newLV
+		if to.DMPath != "" {
+			to.DMPath = d.devPath(newLV)
+		}
+		d.patchOwn(ownLV{lv: LV{Name: from.Name}, gone: true}, ownLV{lv: to})
+	}()
 	lv, err := d.file(ctx, oldName)
 	if err != nil {
 		return err
@@ -377,7 +394,11 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) error {
 	if err := d.busyElsewhere(ctx, lv, "rename "+oldName); err != nil {
 		return err
 	}
-	return d.rename(ctx, lv.Name, newLV)
+	if err := d.rename(ctx, lv.Name, newLV); err != nil {
+		return err
+	}
+	from = lv
+	return nil
 }
 
 func (d *Driver) rename(ctx context.Context, from, to string) error {

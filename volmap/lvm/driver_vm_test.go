@@ -1254,4 +1254,35 @@ func TestListingRenewal(t *testing.T) {
 	if _, ok := e.lvs()["c"]; ok {
 		t.Fatal("lvs still shows the removed LV")
 	}
+
+	// So does its own rename: the LV under its new name, at its new
+	// device path.
+	before, err := d2.Lookup(ctx, "a2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Rename(ctx, "a2", "a3"); err != nil {
+		t.Fatal(err)
+	}
+	n = e.cmd.n.Load()
+	if vols, err := d2.List(ctx); err != nil || len(vols) != 2 {
+		t.Fatalf("List after Rename = %v, %v", vols, err)
+	}
+	if _, err := d2.Lookup(ctx, "a2"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("Lookup of the old name: %v", err)
+	}
+	if v, err := d2.Lookup(ctx, "a3"); err != nil || v.ID != before.ID || v.Size != before.Size {
+		t.Fatalf("Lookup of the new name = %+v, %v; want %+v", v, err, before)
+	}
+	if got := e.cmd.n.Load() - n; got != 0 {
+		t.Errorf("List and Lookup after the driver's own Rename ran %d lvm commands, want none", got)
+	}
+	f, err := d2.Open(ctx, "a3", os.O_RDONLY)
+	if err != nil {
+		t.Fatalf("Open of the renamed file: %v", err)
+	}
+	f.Close()
+	if _, ok := e.lvs()["a3"]; !ok {
+		t.Fatal("lvs does not show the renamed LV")
+	}
 }
