@@ -284,7 +284,7 @@ func (d *Driver) Remove(ctx context.Context, name string) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := d.verifyIdentity(ctx, name, lv); err != nil {
+	if _, err := d.verifyIdentity(ctx, name, lv); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	if err := d.busyElsewhere(ctx, lv, "remove "+name); err != nil {
@@ -320,23 +320,23 @@ func (d *Driver) hasDependents(lv LV) bool {
 // come in between; another tool's could only in the milliseconds between
 // this lvs and the command). The error wraps ErrNotFound when the LV is
 // gone, and ErrChanged when the name now holds another LV (the caller's
-// file is stale).
-func (d *Driver) verifyIdentity(ctx context.Context, name string, lv LV) error {
+// file is stale). It returns the LV as that lvs read it.
+func (d *Driver) verifyIdentity(ctx context.Context, name string, lv LV) (LV, error) {
 	now, err := d.readLV(ctx, lv.Name)
 	if err != nil {
 		if errors.Is(err, volmap.ErrNotFound) {
 			d.invalidate()
-			return fmt.Errorf("LV %s/%s (uuid %s) was removed or renamed by another tool: %w",
+			return LV{}, fmt.Errorf("LV %s/%s (uuid %s) was removed or renamed by another tool: %w",
 				d.cfg.VG, lv.Name, lv.UUID, err)
 		}
-		return err
+		return LV{}, err
 	}
 	if now.UUID != lv.UUID {
 		d.invalidate()
-		return fmt.Errorf("LV %s/%s is now uuid %s, not the file's uuid %s (renamed or recreated by another tool); "+
+		return LV{}, fmt.Errorf("LV %s/%s is now uuid %s, not the file's uuid %s (renamed or recreated by another tool); "+
 			"nothing was changed, look the file up again: %w", d.cfg.VG, lv.Name, now.UUID, lv.UUID, volmap.ErrChanged)
 	}
-	return nil
+	return now, nil
 }
 
 func (d *Driver) remove(ctx context.Context, name, lvName string) error {
@@ -388,7 +388,9 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) (err error
 	if lv.Name == newLV {
 		return nil
 	}
-	if err := d.verifyIdentity(ctx, oldName, lv); err != nil {
+	// The LV as lvs reads it now is what moves to the new name.
+	now, err := d.verifyIdentity(ctx, oldName, lv)
+	if err != nil {
 		return fmt.Errorf("rename %s: %w", oldName, err)
 	}
 	if err := d.busyElsewhere(ctx, lv, "rename "+oldName); err != nil {
@@ -397,7 +399,7 @@ func (d *Driver) Rename(ctx context.Context, oldName, newName string) (err error
 	if err := d.rename(ctx, lv.Name, newLV); err != nil {
 		return err
 	}
-	from = lv
+	from = now
 	return nil
 }
 
@@ -523,7 +525,7 @@ func (d *Driver) Detach(ctx context.Context, name string) (string, error) {
 			name, d.cfg.VG, lv.Name, strings.Join(who, "; "), volmap.ErrInUse)
 	}
 	defer d.invalidate()
-	if err := d.verifyIdentity(ctx, name, lv); err != nil {
+	if _, err := d.verifyIdentity(ctx, name, lv); err != nil {
 		return "", fmt.Errorf("remove %s while open: %w", name, err)
 	}
 	if err := d.busyElsewhere(ctx, lv, "remove "+name+" while open"); err != nil {
