@@ -255,15 +255,8 @@ func (m *testMount) holdElsewhere(name string) func() {
 	if err := cmd.Start(); err != nil {
 		m.t.Fatal(err)
 	}
-	// fd 3 is the device, not what the child had at 3 before sh ran
-	// (Go's fork keeps the parent's descriptors until exec).
 	m.waitFor("holding "+dev, func() bool {
-		a, err := os.Stat(fmt.Sprintf("/proc/%d/fd/3", cmd.Process.Pid))
-		if err != nil {
-			return false
-		}
-		b, err := os.Stat(dev)
-		return err == nil && os.SameFile(a, b)
+		return testutil.SameFile(fmt.Sprintf("/proc/%d/fd/3", cmd.Process.Pid), dev)
 	})
 	var once sync.Once
 	release := func() { once.Do(func() { stdin.Close(); _ = cmd.Wait() }) }

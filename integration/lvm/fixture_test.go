@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/volfs/volfs/integration/vm"
+	"github.com/volfs/volfs/internal/testutil"
 )
 
 const (
@@ -374,15 +375,8 @@ func hold(t *testing.T, path, out string) *holder {
 		<-h.done
 	})
 	fd3 := fmt.Sprintf("/proc/%d/fd/3", cmd.Process.Pid)
-	// fd 3 is the file, not what the child had at 3 before sh ran (Go's
-	// fork keeps the parent's descriptors until exec).
 	waitFor(t, "holder has "+filepath.Base(path)+" open", 10*time.Second, func() bool {
-		a, err := os.Stat(fd3)
-		if err != nil {
-			return false
-		}
-		b, err := os.Stat(path)
-		return err == nil && os.SameFile(a, b)
+		return testutil.SameFile(fd3, path)
 	})
 	return h
 }

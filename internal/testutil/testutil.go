@@ -117,3 +117,16 @@ func ScratchDir(t testing.TB) string {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
 }
+
+// SameFile reports whether paths a and b (links followed) are the same
+// file: a holder's /proc/PID/fd/N is the file it opened, not what the child
+// had at N before it ran exec (Go's fork keeps the parent's descriptors
+// until then).
+func SameFile(a, b string) bool {
+	ia, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	ib, err := os.Stat(b)
+	return err == nil && os.SameFile(ia, ib)
+}

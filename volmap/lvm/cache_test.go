@@ -301,15 +301,22 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 		return LV{Name: name, UUID: "uuid-" + name, Size: 4 << 20, Role: []string{"public"}, SegType: "linear"}
 	}
 
+	// refreshAhead starts the calls'th lvs, a refresh ahead held at the
+	// gate.
+	refreshAhead := func(calls int) {
+		t.Helper()
+		c.advance(700 * time.Millisecond)
+		if _, err := d.Lookup(ctx, "img1"); err != nil {
+			t.Fatal(err)
+		}
+		for f.calls() < calls {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+
 	// A refresh ahead is under way when a create patches its LV in.
 	f.touch("hold")
-	c.advance(700 * time.Millisecond)
-	if _, err := d.Lookup(ctx, "img1"); err != nil {
-		t.Fatal(err)
-	}
-	for f.calls() < 2 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	refreshAhead(2)
 	d.patch(created("new1"))
 	f.touch("gate")
 	waitIdle(d)
@@ -350,13 +357,7 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 	// A removal during a refresh ahead that read the LV before it: the
 	// refresh's listing is installed without the LV.
 	f.rm("gate")
-	c.advance(700 * time.Millisecond)
-	if _, err := d.Lookup(ctx, "img1"); err != nil {
-		t.Fatal(err)
-	}
-	for f.calls() < 4 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	refreshAhead(4)
 	d.forget("img0")
 	if _, err := d.Lookup(ctx, "img0"); !errors.Is(err, volmap.ErrNotFound) {
 		t.Fatalf("a removed LV was looked up in the listing it was taken out of: %v", err)
@@ -381,7 +382,9 @@ func TestCacheRenewal(t *testing.T) {
 	d, clock := cacheDriver(t, f)
 	var stamp atomic.Value
 	stamp.Store("s1")
+	var stamps atomic.Int32
 	d.stampOf = func() (string, error) {
+		stamps.Add(1)
 		s := stamp.Load().(string)
 		if s == "" {
 			return "", errors.New("a PV is unreadable")
@@ -412,11 +415,7 @@ func TestCacheRenewal(t *testing.T) {
 	// and see the change; the stamp is read once, not once per request.
 	f.setFiles(files - 1)
 	stamp.Store("s2")
-	var stamps atomic.Int32
-	d.stampOf = func() (string, error) {
-		stamps.Add(1)
-		return stamp.Load().(string), nil
-	}
+	stamps.Store(0)
 	clock.advance(5 * time.Second)
 	lookupAll(t, d, files-1)
 	if _, err := d.Lookup(context.Background(), fmt.Sprintf("img%d", files-1)); !errors.Is(err, volmap.ErrNotFound) {
@@ -426,13 +425,6 @@ func TestCacheRenewal(t *testing.T) {
 	// the refresh had started may read it once more).
 	if n := stamps.Load(); n > 3 {
 		t.Fatalf("%d lookups of a changed VG read its stamp %d times", files-1, n)
-	}
-	d.stampOf = func() (string, error) {
-		s := stamp.Load().(string)
-		if s == "" {
-			return "", errors.New("a PV is unreadable")
-		}
-		return s, nil
 	}
 	// No stamp (a PV unreadable): no renewal.
 	stamp.Store("")

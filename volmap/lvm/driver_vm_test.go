@@ -28,6 +28,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/volfs/volfs/integration/vm"
+	"github.com/volfs/volfs/internal/testutil"
 	"github.com/volfs/volfs/meta"
 	"github.com/volfs/volfs/volmap"
 	"github.com/volfs/volfs/volmap/lvm"
@@ -621,9 +622,7 @@ func TestDetach(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		// fd 3 is the device, not what the child had at 3 before sh ran
-		// (Go's fork keeps the parent's descriptors until exec).
-		if sameFile(fmt.Sprintf("/proc/%d/fd/3", holder.Process.Pid), filepath.Join("/dev", e.vg, "vm1")) {
+		if testutil.SameFile(fmt.Sprintf("/proc/%d/fd/3", holder.Process.Pid), filepath.Join("/dev", e.vg, "vm1")) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -1123,16 +1122,6 @@ func TestCreatedLV(t *testing.T) {
 			t.Errorf("%s: Create described the LV as\n%+v\nlvs reports\n%+v", name, got, want)
 		}
 	}
-}
-
-// sameFile reports whether a and b (followed) are the same file.
-func sameFile(a, b string) bool {
-	ia, err := os.Stat(a)
-	if err != nil {
-		return false
-	}
-	ib, err := os.Stat(b)
-	return err == nil && os.SameFile(ia, ib)
 }
 
 // TestListingRenewal: an expired listing serves again without an lvs when
