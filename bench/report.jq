@@ -102,7 +102,7 @@ def scale_rows: [
   ["guest", "lsl_getxattr", "… of which GETXATTR", "requests ↓", null, null, null],
   ["guest", "lsl_readdirplus", "… of which READDIRPLUS", "requests ↓", null, null, null],
   ["guest", "rss_kib_per_file", "server RSS per file after `ls -l`", "KiB ↓", null, null, null],
-  ["guest", "mount_s", "`volfs mount` of the VG", "s ↓", "lvs_s", "`lvs` of the VG", null],
+  ["guest", "mount_s", "`volfs mount` of the VG", "s ↓", "lvs_s", "`lvs` of the VG", "mount_lvm"],
   ["guest", "create_s", "small images copied in, 8 `cp` at a time", "s ↓", "create_lvm_s", "lvcreate + lvresize + lvchange each, by lvm alone", null],
   ["guest", "create_lvm_per_file", "lvm commands per image copied in", "commands ↓", null, null, null],
   ["guest", "create_reads_per_file", "… of which reads (`lvs`, `vgs`)", "commands ↓", null, null, null],
@@ -129,7 +129,7 @@ def scale_table:
     | "| \($where) | \($lbl) | \($unit) | \(scell($v)) | "
       + (if ($b | length) == 0 then "" else "\($blbl): \(scell($b))" end) + " | "
       + (if ($b | length) == 0 or ($b | median) == 0 then "" else ($v | median) / ($b | median) | fmtratio end) + " | "
-      + (if $ckey == null then "" else svals($where; $ckey) as $c | if ($c | length) == 0 then "" else "\($c | median | fmt) lvs" end end)
+      + (if $ckey == null then "" else svals($where; $ckey) as $c | if ($c | length) == 0 then "" else "\($c | median | fmt) \(if $ckey | endswith("_lvs") then "lvs" else "commands" end)" end end)
       + " |"),
   "",
   "±! = range wider than 25% of the median. lvm commands: the lvm commands the server ran meanwhile (its debug log).";

@@ -42,8 +42,15 @@ func TestScale(t *testing.T) {
 	// ahead) plus the one a request waits for.
 	start = time.Now()
 	m := e.mount("--log-level", "debug")
-	t.Logf("volfs mount: %v", time.Since(start).Round(time.Millisecond))
-	testutil.Bench(t, "guest", "files", n, "mount_s", time.Since(start))
+	mountTook := time.Since(start)
+	var mountLVM []string
+	for _, line := range strings.Split(m.logText(), "\n") {
+		if strings.Contains(line, " msg=lvm ") {
+			mountLVM = append(mountLVM, line)
+		}
+	}
+	t.Logf("volfs mount: %v, %d lvm commands:\n%s", mountTook.Round(time.Millisecond), len(mountLVM), strings.Join(mountLVM, "\n"))
+	testutil.Bench(t, "guest", "files", n, "mount_s", mountTook, "mount_lvm", len(mountLVM))
 	pid := serverPID(t, m.dir)
 	rss0 := rss(t, pid)
 	for i, what := range []string{"cold", "warm"} {
