@@ -122,6 +122,39 @@ func TestRunnerArgsAndEnv(t *testing.T) {
 	}
 }
 
+// TestRunnerHelpOnce: each command's --help runs once per Runner (the
+// mount asks lvs's twice); a failed one is asked again.
+func TestRunnerHelpOnce(t *testing.T) {
+	path, dir := fakeLVM(t, `echo run >> $D/runs
+[ -e $D/fail ] && exit 3
+echo "  --devices String"`)
+	r := &Runner{Path: path}
+	if err := os.WriteFile(filepath.Join(dir, "fail"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.help(context.Background(), "lvs"); err == nil {
+		t.Fatal("help of a failing lvm: no error")
+	}
+	os.Remove(filepath.Join(dir, "fail"))
+	for range 3 {
+		out, err := r.help(context.Background(), "lvs")
+		if err != nil || !strings.Contains(out, "--devices") {
+			t.Fatalf("help = %q, %v", out, err)
+		}
+	}
+	if _, err := r.help(context.Background(), "lvresize"); err != nil {
+		t.Fatal(err)
+	}
+	runs, _ := os.ReadFile(filepath.Join(dir, "runs"))
+	if n := strings.Count(string(runs), "run"); n != 3 {
+		t.Errorf("lvm ran %d times for 1 failed and 4 good help requests of 2 commands; want 3", n)
+	}
+	args, _ := os.ReadFile(filepath.Join(dir, "args"))
+	if string(args) != "lvresize\n--help\n" {
+		t.Errorf("last args %q", args)
+	}
+}
+
 func TestRunnerError(t *testing.T) {
 	path, _ := fakeLVM(t, `echo '  Failed to find logical volume "vg0/x"' >&2; exit 5`)
 	r := &Runner{Path: path}
