@@ -112,8 +112,12 @@ func (d *Driver) servableLocked(ctx context.Context) *listing {
 // lvs. One renewal at a time: the requests behind it find the listing
 // renewed.
 func (d *Driver) renew(ctx context.Context) *listing {
-	d.renewMu.Lock()
-	defer d.renewMu.Unlock()
+	select {
+	case d.renewing <- struct{}{}:
+		defer func() { <-d.renewing }()
+	case <-ctx.Done():
+		return nil // the request ends waiting for a refresh (listing)
+	}
 	d.cacheMu.Lock()
 	l := d.servableLocked(ctx)
 	old := d.cache
@@ -195,8 +199,9 @@ func (d *Driver) fly(ctx context.Context, f *flight) {
 	}
 }
 
-// wait returns the flight's listing, with the driver's own changes made
-// since it was installed applied over it.
+// wait returns the flight's listing, or the cached one if its lvs
+// started later (a refresh that started after an invalidation ended
+// first), with the driver's own changes made since applied over it.
 func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 	select {
 	case <-f.done:
@@ -205,7 +210,11 @@ func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 		}
 		d.cacheMu.Lock()
 		defer d.cacheMu.Unlock()
-		return d.withOwnLocked(f.l, false), nil
+		l := f.l
+		if d.cache != nil && d.cache.started.After(l.started) {
+			l = d.cache
+		}
+		return d.withOwnLocked(l, false), nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for the listing: %w", context.Cause(ctx))
 	}

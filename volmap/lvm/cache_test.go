@@ -86,7 +86,7 @@ func cacheDriver(t *testing.T, f *listLVM) (*Driver, *fakeClock) {
 	c := &fakeClock{}
 	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
 	d := &Driver{cfg: Config{VG: "vg", CacheTTL: time.Second}, log: slog.New(slog.DiscardHandler),
-		lvm: &Runner{Path: filepath.Join(f.dir, "lvm")}, tag: DefaultTag, now: c.now}
+		lvm: &Runner{Path: filepath.Join(f.dir, "lvm")}, tag: DefaultTag, now: c.now, renewing: make(chan struct{}, 1)}
 	return d, c
 }
 
@@ -369,6 +369,34 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 	}
 	if _, err := d.Lookup(ctx, "img1"); err != nil {
 		t.Fatal(err)
+	}
+
+	// A lookup that joins a refresh which read an LV before its removal,
+	// and an invalidation (another file's activation, an error) before
+	// that refresh ends: the lookup still does not find the LV.
+	f.rm("gate")
+	c.advance(3 * time.Second)
+	base := f.calls()
+	first := make(chan error, 1)
+	go func() { _, err := d.List(ctx); first <- err }()
+	for f.calls() < base+1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.forget("img1")
+	after := make(chan error, 1)
+	go func() { _, err := d.Lookup(ctx, "img1"); after <- err }()
+	time.Sleep(50 * time.Millisecond)
+	d.invalidate()
+	f.touch("gate")
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-after; !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a lookup after a removal, served by a refresh that read the LV before it and ended after an "+
+			"invalidation, found it: %v", err)
+	}
+	if n := f.calls() - base; n != 1 {
+		t.Fatalf("%d lvs runs, want 1 (the lookup after the removal joins the refresh under way)", n)
 	}
 }
 

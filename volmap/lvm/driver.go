@@ -88,17 +88,20 @@ type Driver struct {
 	failedAt time.Time
 	took     time.Duration // how long the last refresh took
 	// own holds the driver's own changes (patch) by LV name, with when
-	// each was made, until a refresh that started after it shows it;
-	// ownSeq counts them. A refresh that was under way during a change
-	// installs its listing with the change applied over it, and serves
-	// it so to the requests that wait for it.
+	// each was made, until a refresh that started after it shows it
+	// (an invalidation keeps them: a refresh that was under way still
+	// serves the requests waiting for it); ownSeq counts them. A refresh
+	// that was under way during a change installs its listing with the
+	// change applied over it, and serves it so to the requests that
+	// wait for it.
 	own    map[string]ownLV
 	ownSeq uint64
 	// now is the clock of the cache (time.Now when nil; tests set it).
 	now func() time.Time
-	// renewMu serializes renewals of an expired listing (renew); stampOf
-	// replaces stamp in tests.
-	renewMu  sync.Mutex
+	// renewing serializes renewals of an expired listing (renew; a
+	// channel, so that a request can stop waiting); stampOf replaces
+	// stamp in tests.
+	renewing chan struct{}
 	renewals atomic.Int64
 	stampOf  func() (string, error)
 
@@ -110,10 +113,13 @@ type Driver struct {
 	resizeArgs []string
 
 	// pvMu guards pvs and pvAt: the VG's PVs, to which every command is
-	// limited (discoverPVs), and when they were last looked for.
-	pvMu sync.Mutex
-	pvs  []string
-	pvAt time.Time
+	// limited (discoverPVs), and when they were last looked for. It is
+	// held while pvs scans; stampPVs is the same list for the stamp,
+	// which does not wait for a scan.
+	pvMu     sync.Mutex
+	pvs      []string
+	pvAt     time.Time
+	stampPVs atomic.Pointer[[]string]
 
 	// mapMu serializes readings of thin mappings (sparse.go): a pool
 	// has one metadata snapshot at a time.
@@ -194,6 +200,8 @@ func New(ctx context.Context, cfg Config) (*Driver, error) {
 		lvm: &Runner{Path: cfg.LVMPath, Config: cfg.LVMConfig, Log: log},
 		log: log.With(slog.String("vg", cfg.VG)),
 		tag: cfg.Tag,
+
+		renewing: make(chan struct{}, 1),
 	}
 	if d.tag == "" {
 		d.tag = DefaultTag
@@ -285,7 +293,6 @@ func (d *Driver) invalidate() {
 	d.cacheMu.Lock()
 	d.cache = nil
 	d.gen++
-	d.own = nil
 	d.cacheMu.Unlock()
 	d.dropSpace()
 }
@@ -390,6 +397,8 @@ func (d *Driver) withOwnLocked(l *listing, fresh bool) *listing {
 				l.lvs[o.lv.Name] = o.lv
 			}
 		}
+		// No longer what the stamp (taken before its lvs) says.
+		l.stamp = ""
 	}
 	l.ownSeq = d.ownSeq
 	return l
@@ -747,6 +756,7 @@ func (d *Driver) discoverPVs(ctx context.Context) error {
 		d.log.Info("lvm commands limited to the VG's PVs", slog.Any("pvs", pvs))
 	}
 	d.pvs = pvs
+	d.stampPVs.Store(&pvs)
 	d.lvm.SetDevices(pvs)
 	return nil
 }

@@ -130,9 +130,10 @@ func (d *Driver) stamp(watch []string) (string, error) {
 	if d.stampOf != nil {
 		return d.stampOf()
 	}
-	d.pvMu.Lock()
-	pvs := d.pvs
-	d.pvMu.Unlock()
+	var pvs []string
+	if p := d.stampPVs.Load(); p != nil {
+		pvs = *p
+	}
 	s, err := pvsStamp(pvs)
 	if err != nil {
 		return "", err
