@@ -236,6 +236,33 @@ func (d *Driver) readLV(ctx context.Context, lvName string) (LV, error) {
 	return lvs[0], nil
 }
 
+// readLVs reads several LVs with one lvs, by name; an LV missing is an
+// error (ErrNotFound).
+func (d *Driver) readLVs(ctx context.Context, lvNames ...string) (map[string]LV, error) {
+	args := make([]string, len(lvNames))
+	for i, n := range lvNames {
+		args[i] = d.cfg.VG + "/" + n
+	}
+	out, err := d.lvm.Report(ctx, "lvs", lvFields, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read LVs %s: %w", strings.Join(args, " "), err)
+	}
+	rows, err := ParseLVs(out)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]LV, len(rows))
+	for _, lv := range rows {
+		m[lv.Name] = lv
+	}
+	for _, n := range lvNames {
+		if _, ok := m[n]; !ok {
+			return nil, fmt.Errorf("read LV %s/%s: lvs did not list it: %w", d.cfg.VG, n, volmap.ErrNotFound)
+		}
+	}
+	return m, nil
+}
+
 // undoCreate removes the LV a failed Create may have left, if it exists
 // and carries the mount tag. It runs even if ctx is cancelled.
 func (d *Driver) undoCreate(ctx context.Context, lvName string) error {

@@ -998,7 +998,7 @@ func TestActsByIdentity(t *testing.T) {
 	// A long TTL: a listing read before the change is the one each call uses.
 	d := e.driver(lvm.Config{CacheTTL: time.Hour})
 	ctx := context.Background()
-	for _, name := range []string{"rm", "mv", "det"} {
+	for _, name := range []string{"rm", "mv", "det", "rsrc", "rsrc2", "rdst"} {
 		if _, err := d.Create(ctx, name, 4*mib, meta.Attrs{Size: -1}); err != nil {
 			t.Fatal(err)
 		}
@@ -1010,6 +1010,9 @@ func TestActsByIdentity(t *testing.T) {
 		{"rm", "Remove", func() error { return d.Remove(ctx, "rm") }},
 		{"mv", "Rename", func() error { return d.Rename(ctx, "mv", "moved") }},
 		{"det", "Detach", func() error { _, err := d.Detach(ctx, "det"); return err }},
+		// mv over an existing file: the source recreated, then the target.
+		{"rsrc", "Replace", func() error { return d.Replace(ctx, "rsrc", "rdst") }},
+		{"rdst", "Replace", func() error { return d.Replace(ctx, "rsrc2", "rdst") }},
 	} {
 		// The listing the call will use (a refusal drops it, so it is
 		// read again for each case).
@@ -1036,6 +1039,39 @@ func TestActsByIdentity(t *testing.T) {
 			t.Errorf("%s: LVs before: %v, after: %v", c.op, before, after)
 		}
 	}
+	// Another tool takes the source's name after the replace's check, in
+	// the moment before its lvrename (a wrapper of lvm does it right
+	// before that command): the renames are undone and nothing is
+	// removed.
+	wrapper := filepath.Join(t.TempDir(), "lvm")
+	script := fmt.Sprintf(`#!/bin/sh
+case "$*" in
+"lvrename "*" %[1]s rs3 rd3") lvm lvrename -q %[1]s rs3 rs3_old && lvm lvcreate -q -L 4m -n rs3 %[1]s >/dev/null ;;
+esac
+exec lvm "$@"
+`, e.vg)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d3 := e.driver(lvm.Config{CacheTTL: time.Hour, LVMPath: wrapper})
+	for _, name := range []string{"rs3", "rd3"} {
+		if _, err := d3.Create(ctx, name, 4*mib, meta.Attrs{Size: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := e.lvs()
+	err := d3.Replace(ctx, "rs3", "rd3")
+	t.Logf("Replace whose source another tool replaced before its lvrename: %v", err)
+	if !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("Replace whose source was replaced before its lvrename: %v, want ErrChanged", err)
+	}
+	after := e.lvs()
+	if after["rd3"].uuid != before["rd3"].uuid || after["rs3_old"].uuid != before["rs3"].uuid ||
+		after["rs3"].uuid == "" || len(after) != len(before)+1 {
+		t.Errorf("LVs before the replace: %v\nafter: %v\nwant rd3 and the source (now rs3_old) kept, "+
+			"the other tool's rs3 and nothing else added", before, after)
+	}
+
 	// The next calls see the new LVs and act on them.
 	if err := d.Remove(ctx, "rm"); err != nil {
 		t.Fatalf("Remove after the refusal: %v", err)
@@ -1273,5 +1309,33 @@ func TestListingRenewal(t *testing.T) {
 	f.Close()
 	if _, ok := e.lvs()["a3"]; !ok {
 		t.Fatal("lvs does not show the renamed LV")
+	}
+
+	// And its own replace (mv over an existing file): the source under
+	// the target's name, the target gone.
+	if err := d2.Replace(ctx, "a3", "b"); err != nil {
+		t.Fatal(err)
+	}
+	n = e.cmd.n.Load()
+	if vols, err := d2.List(ctx); err != nil || len(vols) != 1 {
+		t.Fatalf("List after Replace = %v, %v", vols, err)
+	}
+	if _, err := d2.Lookup(ctx, "a3"); !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("Lookup of the replace's source: %v", err)
+	}
+	if v, err := d2.Lookup(ctx, "b"); err != nil || v.ID != before.ID || v.Size != before.Size {
+		t.Fatalf("Lookup of the replaced name = %+v, %v; want %+v", v, err, before)
+	}
+	if got := e.cmd.n.Load() - n; got != 0 {
+		t.Errorf("List and Lookup after the driver's own Replace ran %d lvm commands, want none", got)
+	}
+	f, err = d2.Open(ctx, "b", os.O_RDONLY)
+	if err != nil {
+		t.Fatalf("Open of the replaced file: %v", err)
+	}
+	f.Close()
+	rows := e.lvs()
+	if _, ok := rows["a3"]; ok || rows["b"].uuid != before.ID {
+		t.Fatalf("lvs after Replace: %v; want b with uuid %s and no a3", rows, before.ID)
 	}
 }

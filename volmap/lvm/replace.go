@@ -144,6 +144,12 @@ func processAlive(pid int) bool {
 //  3. oldName's LV is renamed to newName;
 //  4. the aside LV is removed.
 //
+// Before step 1 both LVs are read again and must still be the LVs the
+// listing gave under those names (verifyBoth), and before step 4 the
+// renames are checked (swapped): lvrename acts by name, and an LV another
+// tool put under either name meanwhile is never removed. From step 1 on
+// the steps run to their end even if the request is withdrawn.
+//
 // Every step is one LVM metadata commit, durable when the command returns.
 // A failed step undoes the earlier ones, so a failed Replace leaves both
 // files as they were. A crash at any point is finished or undone by the
@@ -167,19 +173,34 @@ func (d *Driver) ReplaceDetach(ctx context.Context, oldName, newName string) (st
 	return d.replace(ctx, oldName, newName, true)
 }
 
-func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bool) (string, error) {
+func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bool) (token string, err error) {
 	dstLV, err := d.newLVName(newName)
 	if err != nil {
 		return "", err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	defer d.invalidate()
+	// Like Rename, a replace that took effect patches the listing: the
+	// source LV, as lvs read it right before, under the target's name.
+	// Otherwise (an error, a plain rename, a detached target, which
+	// lives on under a hidden name, or LVs depending on either) the
+	// listing is dropped.
+	var moved, replaced LV
+	defer func() {
+		if err != nil || detach || moved.Name == "" || d.hasDependents(moved) || d.hasDependents(replaced) {
+			d.invalidate()
+			return
+		}
+		to := moved
+		to.Name = replaced.Name
+		if to.DMPath != "" {
+			to.DMPath = d.devPath(to.Name)
+		}
+		d.patchOwn(ownLV{lv: LV{Name: moved.Name}, gone: true}, ownLV{lv: to})
+		d.dropSpace()
+	}()
 	src, err := d.file(ctx, oldName)
 	if err != nil {
-		return "", err
-	}
-	if err := d.busyElsewhere(ctx, src, "rename "+oldName); err != nil {
 		return "", err
 	}
 	l, err := d.listing(ctx)
@@ -188,14 +209,28 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	}
 	dst, exists := l.lvs[dstLV]
 	if !exists {
-		return "", d.rename(ctx, src.Name, dstLV)
+		// The target is gone since the caller looked: a plain rename.
+		if src, err = d.verifyIdentity(ctx, oldName, src); err != nil {
+			return "", fmt.Errorf("rename %s: %w", oldName, err)
+		}
+		if err := d.busyElsewhere(ctx, src, "rename "+oldName); err != nil {
+			return "", err
+		}
+		if err := d.rename(ctx, src.Name, dstLV); err != nil {
+			return "", err
+		}
+		moved, replaced = src, LV{Name: dstLV}
+		return "", nil
+	}
+	if dst.UUID == src.UUID {
+		return "", nil
 	}
 	if _, ok := d.fileName(dst); !ok {
 		return "", fmt.Errorf("replace %s: LV %s/%s exists and is not a file of this mount: %w",
 			newName, d.cfg.VG, dstLV, volmap.ErrExists)
 	}
-	if dst.UUID == src.UUID {
-		return "", nil
+	if err := d.busyElsewhere(ctx, src, "rename "+oldName); err != nil {
+		return "", err
 	}
 	if err := d.busyElsewhere(ctx, dst, "replace "+newName); err != nil {
 		return "", err
@@ -216,38 +251,101 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	if err != nil {
 		return "", fmt.Errorf("replace %s: temporary name: %w", newName, err)
 	}
-	undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	// Both LVs are renamed, and the target removed, by name: right
+	// before the first step each must still be the LV the listing says
+	// (see verifyIdentity), and the renames are checked before the
+	// removal (swapped).
+	if src, dst, err = d.verifyBoth(ctx, oldName, src, newName, dst); err != nil {
+		return "", err
+	}
+	if _, ok := d.fileName(dst); !ok {
+		return "", fmt.Errorf("replace %s: LV %s/%s is no longer a file of this mount: %w",
+			newName, d.cfg.VG, dstLV, volmap.ErrExists)
+	}
+	// From here on the steps and their undo run to their end even if the
+	// request is withdrawn (FUSE_INTERRUPT, a killed mv): a step that
+	// committed is reported as failed when its context ends, and undoing
+	// the renames after a removal that did take effect would leave the
+	// target's name without a volume.
+	steps, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*undoTimeout)
 	defer cancel()
 
 	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), owner: intentOwner(), target: dst.Name}
 	intent.tag = intent.encode()
-	if _, err := d.lvm.Run(ctx, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
+	if _, err := d.lvm.Run(steps, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
-			d.dropIntent(undoCtx, dst.Name, intent.tag))
+			d.dropIntent(steps, dst.Name, intent.tag))
 	}
-	if err := d.rename(ctx, dst.Name, aside); err != nil {
+	if err := d.rename(steps, dst.Name, aside); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: move target aside: %w", newName, err),
-			d.dropIntent(undoCtx, dst.Name, intent.tag))
+			d.dropIntent(steps, dst.Name, intent.tag))
 	}
-	if err := d.rename(ctx, src.Name, dst.Name); err != nil {
+	if err := d.rename(steps, src.Name, dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
-			d.undoStep(undoCtx, aside, dst.Name), d.dropIntent(undoCtx, dst.Name, intent.tag))
+			d.undoStep(steps, aside, dst.Name), d.dropIntent(steps, dst.Name, intent.tag))
+	}
+	if err := d.swapped(steps, src, dst, aside); err != nil {
+		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
+			d.undoStep(steps, dst.Name, src.Name), d.undoStep(steps, aside, dst.Name),
+			d.dropIntent(steps, dst.Name, intent.tag))
 	}
 	if detach {
 		// The rename took effect; the detached LV must no longer
 		// look like the target of an unfinished one.
-		if _, err := d.lvm.Run(ctx, "lvchange", "--deltag", intent.tag, d.cfg.VG+"/"+aside); err != nil {
+		if _, err := d.lvm.Run(steps, "lvchange", "--deltag", intent.tag, d.cfg.VG+"/"+aside); err != nil {
 			d.log.Warn("could not remove the record of a finished rename from the replaced LV; it is removed "+
 				"with the LV at its last close", slog.String("lv", aside), slog.Any("err", err))
 		}
 		return aside, nil
 	}
-	if err := d.remove(ctx, newName+" (replaced)", aside); err != nil {
+	if err := d.remove(steps, newName+" (replaced)", aside); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
-			d.undoStep(undoCtx, dst.Name, src.Name), d.undoStep(undoCtx, aside, dst.Name),
-			d.dropIntent(undoCtx, dst.Name, intent.tag))
+			d.undoStep(steps, dst.Name, src.Name), d.undoStep(steps, aside, dst.Name),
+			d.dropIntent(steps, dst.Name, intent.tag))
 	}
+	moved, replaced = src, dst
 	return "", nil
+}
+
+// verifyBoth is verifyIdentity of a replace's source and target, with one
+// lvs of the two; when that does not confirm both, each is read on its own
+// for the error.
+func (d *Driver) verifyBoth(ctx context.Context, oldName string, src LV, newName string, dst LV) (LV, LV, error) {
+	if now, err := d.readLVs(ctx, src.Name, dst.Name); err == nil &&
+		now[src.Name].UUID == src.UUID && now[dst.Name].UUID == dst.UUID {
+		return now[src.Name], now[dst.Name], nil
+	}
+	s, err := d.verifyIdentity(ctx, oldName, src)
+	if err != nil {
+		return LV{}, LV{}, fmt.Errorf("rename %s: %w", oldName, err)
+	}
+	t, err := d.verifyIdentity(ctx, newName, dst)
+	if err != nil {
+		return LV{}, LV{}, fmt.Errorf("replace %s: %w", newName, err)
+	}
+	return s, t, nil
+}
+
+// swapped checks, before the replaced LV is removed or detached, that the
+// renames moved the LVs they were meant to: the target's name holds the
+// source and the aside name the target. Another tool that took either
+// name between the check before the first step and the rename (an
+// lvrename or lvcreate in those milliseconds) would otherwise have its LV
+// moved into the target's name, or removed. The aside name is random and
+// hidden: no one else takes it afterwards.
+func (d *Driver) swapped(ctx context.Context, src, dst LV, aside string) error {
+	now, err := d.readLVs(ctx, dst.Name, aside)
+	if err != nil {
+		return fmt.Errorf("check the renames before removing the replaced volume: %w", err)
+	}
+	if now[dst.Name].UUID != src.UUID || now[aside].UUID != dst.UUID {
+		d.log.Error("a replace renamed an LV that another tool put in place meanwhile; undoing",
+			slog.String("lv", dst.Name), slog.String("uuid", now[dst.Name].UUID), slog.String("want_uuid", src.UUID),
+			slog.String("aside", aside), slog.String("aside_uuid", now[aside].UUID), slog.String("want_aside_uuid", dst.UUID))
+		return fmt.Errorf("LV %s/%s or %s/%s was renamed or recreated by another tool during the replace; both "+
+			"renames are undone, nothing was removed: %w", d.cfg.VG, src.Name, d.cfg.VG, dst.Name, volmap.ErrChanged)
+	}
+	return nil
 }
 
 // undoStep renames back during a rollback, logging what it cannot undo.
