@@ -199,9 +199,11 @@ func (d *Driver) fly(ctx context.Context, f *flight) {
 	}
 }
 
-// wait returns the flight's listing, or the cached one if its lvs
+// wait returns the flight's listing, or the last one installed if its lvs
 // started later (a refresh that started after an invalidation ended
-// first), with the driver's own changes made since applied over it.
+// first: it has pruned the driver's own changes it shows, which the
+// flight's listing may not), with the driver's own changes made since
+// applied over it.
 func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 	select {
 	case <-f.done:
@@ -211,8 +213,8 @@ func (f *flight) wait(ctx context.Context, d *Driver) (*listing, error) {
 		d.cacheMu.Lock()
 		defer d.cacheMu.Unlock()
 		l := f.l
-		if d.cache != nil && d.cache.started.After(l.started) {
-			l = d.cache
+		if d.latest != nil && d.latest.started.After(l.started) {
+			l = d.latest
 		}
 		return d.withOwnLocked(l, false), nil
 	case <-ctx.Done():

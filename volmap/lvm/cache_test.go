@@ -398,6 +398,39 @@ func TestCachePatchDuringRefresh(t *testing.T) {
 	if n := f.calls() - base; n != 1 {
 		t.Fatalf("%d lvs runs, want 1 (the lookup after the removal joins the refresh under way)", n)
 	}
+
+	// The same, with a refresh that started after the first invalidation
+	// ending before the old one (it shows the removal, and prunes the
+	// driver's record of it), then another invalidation: the lookup gets
+	// that newer listing.
+	f.rm("gate")
+	f.touch("hold")
+	c.advance(3 * time.Second)
+	base = f.calls()
+	go func() { _, err := d.List(ctx); first <- err }()
+	for f.calls() < base+1 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.forget("img1")
+	f.setFiles(1) // what lvs shows from now on
+	go func() { _, err := d.Lookup(ctx, "img1"); after <- err }()
+	time.Sleep(50 * time.Millisecond)
+	d.invalidate()
+	c.advance(time.Millisecond)
+	f.rm("hold")
+	if _, err := d.Lookup(ctx, "img0"); err != nil {
+		t.Fatal(err)
+	}
+	d.invalidate()
+	f.touch("gate")
+	<-first
+	if err := <-after; !errors.Is(err, volmap.ErrNotFound) {
+		t.Fatalf("a lookup after a removal, served by a refresh that read the LV before it and ended after a "+
+			"newer refresh and two invalidations, found it: %v", err)
+	}
+	if n := f.calls() - base; n != 2 {
+		t.Fatalf("%d lvs runs, want 2", n)
+	}
 }
 
 // TestCacheRenewal: an expired listing whose VG stamp has not changed

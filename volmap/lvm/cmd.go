@@ -367,9 +367,13 @@ func (r *Runner) help(ctx context.Context, command string) (string, error) {
 	if err != nil && len(out) == 0 {
 		return "", fmt.Errorf("%s %s --help: %w", r.binary(), command, err)
 	}
-	if r.helps == nil {
-		r.helps = make(map[string]string)
+	if err == nil || (ctx.Err() == nil && strings.Contains(string(out), "--")) {
+		// Kept when lvm ended on its own with its option list (some
+		// versions exit non-zero after --help).
+		if r.helps == nil {
+			r.helps = make(map[string]string)
+		}
+		r.helps[command] = string(out)
 	}
-	r.helps[command] = string(out)
 	return string(out), nil
 }

@@ -83,6 +83,7 @@ type Driver struct {
 	// install its (older) result.
 	cacheMu  sync.Mutex
 	cache    *listing
+	latest   *listing // the last listing a refresh installed; invalidate keeps it (flight.wait)
 	gen      uint64
 	flight   *flight
 	failedAt time.Time
@@ -359,7 +360,7 @@ func (d *Driver) refresh(ctx context.Context, started time.Time) (*listing, erro
 		// wait for it.
 	case d.cache == nil || !d.cache.started.After(started):
 		l = d.withOwnLocked(l, true)
-		d.cache = l
+		d.cache, d.latest = l, l
 	default:
 		l = d.cache // newer, and it has the driver's own changes
 	}

@@ -269,25 +269,37 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	// target's name without a volume.
 	steps, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*undoTimeout)
 	defer cancel()
+	// Each undo step has time of its own, whatever the steps before took.
+	var undoCancels []context.CancelFunc
+	defer func() {
+		for _, c := range undoCancels {
+			c()
+		}
+	}()
+	undo := func() context.Context {
+		c, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		undoCancels = append(undoCancels, cancel)
+		return c
+	}
 
 	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), owner: intentOwner(), target: dst.Name}
 	intent.tag = intent.encode()
 	if _, err := d.lvm.Run(steps, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
-			d.dropIntent(steps, dst.Name, intent.tag))
+			d.dropIntent(undo(), dst.Name, intent.tag))
 	}
 	if err := d.rename(steps, dst.Name, aside); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: move target aside: %w", newName, err),
-			d.dropIntent(steps, dst.Name, intent.tag))
+			d.dropIntent(undo(), dst.Name, intent.tag))
 	}
 	if err := d.rename(steps, src.Name, dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
-			d.undoStep(steps, aside, dst.Name), d.dropIntent(steps, dst.Name, intent.tag))
+			d.undoStep(undo(), aside, dst.Name), d.dropIntent(undo(), dst.Name, intent.tag))
 	}
 	if err := d.swapped(steps, src, dst, aside); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: %w", newName, err),
-			d.undoStep(steps, dst.Name, src.Name), d.undoStep(steps, aside, dst.Name),
-			d.dropIntent(steps, dst.Name, intent.tag))
+			d.undoStep(undo(), dst.Name, src.Name), d.undoStep(undo(), aside, dst.Name),
+			d.dropIntent(undo(), dst.Name, intent.tag))
 	}
 	if detach {
 		// The rename took effect; the detached LV must no longer
@@ -300,8 +312,8 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 	}
 	if err := d.remove(steps, newName+" (replaced)", aside); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: remove the replaced volume: %w", newName, err),
-			d.undoStep(steps, dst.Name, src.Name), d.undoStep(steps, aside, dst.Name),
-			d.dropIntent(steps, dst.Name, intent.tag))
+			d.undoStep(undo(), dst.Name, src.Name), d.undoStep(undo(), aside, dst.Name),
+			d.dropIntent(undo(), dst.Name, intent.tag))
 	}
 	moved, replaced = src, dst
 	return "", nil
