@@ -1280,60 +1280,42 @@ func TestListingRenewal(t *testing.T) {
 		t.Fatal("lvs still shows the removed LV")
 	}
 
-	// So does its own rename: the LV under its new name, at its new
-	// device path.
+	// So do its own rename and replace (mv over an existing file): the
+	// LV under its new name, at its new device path, the old name (and
+	// the replaced LV) gone, with no lvm command.
 	before, err := d2.Lookup(ctx, "a2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d2.Rename(ctx, "a2", "a3"); err != nil {
-		t.Fatal(err)
+	moved := func(op, from, to string, files int, do func() error) {
+		t.Helper()
+		if err := do(); err != nil {
+			t.Fatal(err)
+		}
+		n := e.cmd.n.Load()
+		if vols, err := d2.List(ctx); err != nil || len(vols) != files {
+			t.Fatalf("List after %s = %v, %v; want %d files", op, vols, err, files)
+		}
+		if _, err := d2.Lookup(ctx, from); !errors.Is(err, volmap.ErrNotFound) {
+			t.Fatalf("Lookup of %s after %s: %v", from, op, err)
+		}
+		if v, err := d2.Lookup(ctx, to); err != nil || v.ID != before.ID || v.Size != before.Size {
+			t.Fatalf("Lookup of %s after %s = %+v, %v; want %+v", to, op, v, err, before)
+		}
+		if got := e.cmd.n.Load() - n; got != 0 {
+			t.Errorf("List and Lookup after the driver's own %s ran %d lvm commands, want none", op, got)
+		}
+		f, err := d2.Open(ctx, to, os.O_RDONLY)
+		if err != nil {
+			t.Fatalf("Open of %s after %s: %v", to, op, err)
+		}
+		f.Close()
 	}
-	n = e.cmd.n.Load()
-	if vols, err := d2.List(ctx); err != nil || len(vols) != 2 {
-		t.Fatalf("List after Rename = %v, %v", vols, err)
-	}
-	if _, err := d2.Lookup(ctx, "a2"); !errors.Is(err, volmap.ErrNotFound) {
-		t.Fatalf("Lookup of the old name: %v", err)
-	}
-	if v, err := d2.Lookup(ctx, "a3"); err != nil || v.ID != before.ID || v.Size != before.Size {
-		t.Fatalf("Lookup of the new name = %+v, %v; want %+v", v, err, before)
-	}
-	if got := e.cmd.n.Load() - n; got != 0 {
-		t.Errorf("List and Lookup after the driver's own Rename ran %d lvm commands, want none", got)
-	}
-	f, err := d2.Open(ctx, "a3", os.O_RDONLY)
-	if err != nil {
-		t.Fatalf("Open of the renamed file: %v", err)
-	}
-	f.Close()
+	moved("Rename", "a2", "a3", 2, func() error { return d2.Rename(ctx, "a2", "a3") })
 	if _, ok := e.lvs()["a3"]; !ok {
 		t.Fatal("lvs does not show the renamed LV")
 	}
-
-	// And its own replace (mv over an existing file): the source under
-	// the target's name, the target gone.
-	if err := d2.Replace(ctx, "a3", "b"); err != nil {
-		t.Fatal(err)
-	}
-	n = e.cmd.n.Load()
-	if vols, err := d2.List(ctx); err != nil || len(vols) != 1 {
-		t.Fatalf("List after Replace = %v, %v", vols, err)
-	}
-	if _, err := d2.Lookup(ctx, "a3"); !errors.Is(err, volmap.ErrNotFound) {
-		t.Fatalf("Lookup of the replace's source: %v", err)
-	}
-	if v, err := d2.Lookup(ctx, "b"); err != nil || v.ID != before.ID || v.Size != before.Size {
-		t.Fatalf("Lookup of the replaced name = %+v, %v; want %+v", v, err, before)
-	}
-	if got := e.cmd.n.Load() - n; got != 0 {
-		t.Errorf("List and Lookup after the driver's own Replace ran %d lvm commands, want none", got)
-	}
-	f, err = d2.Open(ctx, "b", os.O_RDONLY)
-	if err != nil {
-		t.Fatalf("Open of the replaced file: %v", err)
-	}
-	f.Close()
+	moved("Replace", "a3", "b", 1, func() error { return d2.Replace(ctx, "a3", "b") })
 	rows := e.lvs()
 	if _, ok := rows["a3"]; ok || rows["b"].uuid != before.ID {
 		t.Fatalf("lvs after Replace: %v; want b with uuid %s and no a3", rows, before.ID)
