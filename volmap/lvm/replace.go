@@ -17,13 +17,15 @@ import (
 )
 
 // replaceTag is the intent a Replace writes on the target LV before it
-// moves it aside: "volfs-replace=SRCUUID:BOOTID:PID:START:TARGET". It
-// names the source LV (by UUID, which survives renames), the process doing
-// the replace (so that a mount started while another server is renaming
-// does not undo its work; START, its start time, tells it from a later
-// process that reuses the pid) and the target's LV name (LV names have no
-// ':'). Intents of older volfs have no START ("SRCUUID:BOOTID:PID:TARGET"):
-// their pid alone is checked.
+// moves it aside: "volfs-replace=SRCUUID:BOOTID:PID:START:TARGET:DSTUUID".
+// It names the source LV (by UUID, which survives renames), the process
+// doing the replace (so that a mount started while another server is
+// renaming does not undo its work; START, its start time, tells it from a
+// later process that reuses the pid), the target's LV name (LV names have
+// no ':') and the target's UUID (the tag goes on by name: an LV another
+// tool put under the target's name just before carries it, and is never
+// removed for it). Intents of older volfs have no DSTUUID, the oldest no
+// START ("SRCUUID:BOOTID:PID:TARGET"): their pid alone is checked.
 // It is outside meta's "volfs." namespace: attribute decoding and
 // SetAttrs never see or drop it.
 const replaceTag = "volfs-replace="
@@ -35,11 +37,12 @@ type replaceIntent struct {
 	bootID  string
 	owner   proc.ID // the replacing process; Start 0 in an older intent
 	target  string  // the target's LV name
+	dstUUID string  // the target's UUID; empty in an older intent
 }
 
 func (ri replaceIntent) encode() string {
 	return replaceTag + ri.srcUUID + ":" + ri.bootID + ":" + strconv.Itoa(ri.owner.Pid) + ":" +
-		strconv.FormatUint(ri.owner.Start, 10) + ":" + ri.target
+		strconv.FormatUint(ri.owner.Start, 10) + ":" + ri.target + ":" + ri.dstUUID
 }
 
 // intentOf returns the replace intent recorded on lv, if any.
@@ -50,17 +53,20 @@ func intentOf(lv LV) (replaceIntent, bool) {
 			continue
 		}
 		f := strings.Split(v, ":")
-		if len(f) == 4 { // older volfs: no start time
-			f = []string{f[0], f[1], f[2], "0", f[3]}
+		switch len(f) {
+		case 4: // older volfs: no start time, no target UUID
+			f = []string{f[0], f[1], f[2], "0", f[3], ""}
+		case 5: // no target UUID
+			f = append(f, "")
 		}
-		if len(f) != 5 || f[0] == "" || f[4] == "" {
+		if len(f) != 6 || f[0] == "" || f[4] == "" {
 			continue
 		}
 		owner, ok := parseOwner(f[2], f[3])
 		if !ok {
 			continue
 		}
-		return replaceIntent{tag: t, srcUUID: f[0], bootID: f[1], owner: owner, target: f[4]}, true
+		return replaceIntent{tag: t, srcUUID: f[0], bootID: f[1], owner: owner, target: f[4], dstUUID: f[5]}, true
 	}
 	return replaceIntent{}, false
 }
@@ -282,7 +288,7 @@ func (d *Driver) replace(ctx context.Context, oldName, newName string, detach bo
 		return c
 	}
 
-	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), owner: intentOwner(), target: dst.Name}
+	intent := replaceIntent{srcUUID: src.UUID, bootID: bootID(), owner: intentOwner(), target: dst.Name, dstUUID: dst.UUID}
 	intent.tag = intent.encode()
 	if _, err := d.lvm.Run(steps, "lvchange", "--addtag", intent.tag, d.cfg.VG+"/"+dst.Name); err != nil {
 		return "", errors.Join(fmt.Errorf("replace %s: record the rename on %s/%s: %w", newName, d.cfg.VG, dst.Name, err),
@@ -406,7 +412,7 @@ func (d *Driver) planRecovery(lvs map[string]LV, lv LV, boot string, alive func(
 	switch {
 	case !taken:
 		return recoverUndo, ri
-	case holder.UUID == ri.srcUUID:
+	case holder.UUID == ri.srcUUID && (ri.dstUUID == "" || lv.UUID == ri.dstUUID):
 		return recoverFinish, ri
 	default:
 		return recoverStuck, ri
@@ -427,8 +433,9 @@ func (d *Driver) replaceRecovery() recovery {
 			recoverUnknown: "LV left by an interrupted rename over an existing file, without a record of the rename: it is " +
 				"either the replaced file's old data (remove it) or a file whose rename did not finish (rename it back)",
 			recoverWait: "a rename over an existing file is in progress in another volfs process; leaving it alone",
-			recoverStuck: "interrupted rename over an existing file cannot be undone: the target name is taken by " +
-				"another LV; rename or remove one of them with lvrename/lvremove",
+			recoverStuck: "interrupted rename over an existing file cannot be settled safely: the target name is taken " +
+				"by another LV, or the LV set aside is not the file the rename replaced (another tool's); rename or remove " +
+				"one of them with lvrename/lvremove",
 			recoverDropTag: "a rename over this file was interrupted before it changed anything; removed its record",
 			recoverUndo: "undid a rename over an existing file interrupted before the source took the name: " +
 				"the replaced file is back",

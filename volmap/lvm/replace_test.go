@@ -15,7 +15,7 @@ func TestPlanRecovery(t *testing.T) {
 	d := &Driver{cfg: Config{VG: "vg0"}, tag: DefaultTag, log: slog.New(slog.DiscardHandler)}
 	const boot = "6b0f6c35-0cbe-4f2b-9d67-0a3e5c4f1e11"
 	owner := proc.ID{Pid: 4242, Start: 777}
-	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b"}
+	intent := replaceIntent{srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b", dstUUID: "DST-uuid"}
 	tag := intent.encode()
 	aside := "+2Fvolfs-aside-0a1b2c3d"
 	src := LV{Name: "a", UUID: "SRC-uuid", Tags: []string{"volfs"}}
@@ -33,6 +33,10 @@ func TestPlanRecovery(t *testing.T) {
 		return m
 	}
 	oldTag := "volfs-replace=SRC-uuid:" + boot + ":4242:b" // written by an older volfs: no start time
+	// Written by a volfs without the target's UUID.
+	noDstTag := "volfs-replace=SRC-uuid:" + boot + ":4242:777:b"
+	// Another tool's LV, put under the name b just before the intent.
+	other := LV{Name: "b", UUID: "OTHER", Tags: []string{"volfs"}}
 	dead := func(proc.ID) bool { return false }
 	alive := func(id proc.ID) bool { return id == owner }
 	// The pid runs, but it is a later process (another start time).
@@ -63,14 +67,20 @@ func TestPlanRecovery(t *testing.T) {
 		{"older intent, its pid runs: wait", vg(src, tagged(dst, aside, oldTag)), aside, boot, pidAlive, recoverWait},
 		{"older intent, dead: undo", vg(src, tagged(dst, aside, oldTag)), aside, boot, dead, recoverUndo},
 		{"malformed intent is no intent", vg(src, tagged(dst, "b", "volfs-replace=x")), "b", boot, dead, recoverNone},
+		{"after step 3, but the LV set aside is another tool's: not removed", vg(tagged(src, "b"), tagged(other, aside, tag)), aside, boot, dead, recoverStuck},
+		{"after step 2, the LV set aside is another tool's: its name back", vg(src, tagged(other, aside, tag)), aside, boot, dead, recoverUndo},
+		{"intent without the target's UUID, after step 3: finish", vg(tagged(src, "b"), tagged(dst, aside, noDstTag)), aside, boot, dead, recoverFinish},
 	} {
 		got, ri := d.planRecovery(tc.lvs, tc.lvs[tc.check], tc.boot, tc.alive)
 		if got != tc.want {
 			t.Errorf("%s: plan %v, want %v", tc.what, got, tc.want)
 		}
-		want := replaceIntent{tag: tag, srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b"}
-		if slices.Contains(tc.lvs[tc.check].Tags, oldTag) {
-			want.tag, want.owner = oldTag, proc.ID{Pid: 4242}
+		want := replaceIntent{tag: tag, srcUUID: "SRC-uuid", bootID: boot, owner: owner, target: "b", dstUUID: "DST-uuid"}
+		switch {
+		case slices.Contains(tc.lvs[tc.check].Tags, oldTag):
+			want.tag, want.owner, want.dstUUID = oldTag, proc.ID{Pid: 4242}, ""
+		case slices.Contains(tc.lvs[tc.check].Tags, noDstTag):
+			want.tag, want.dstUUID = noDstTag, ""
 		}
 		if got != recoverNone && got != recoverUnknown && got != recoverWait && ri != want {
 			t.Errorf("%s: intent %+v, want %+v", tc.what, ri, want)
@@ -79,7 +89,8 @@ func TestPlanRecovery(t *testing.T) {
 }
 
 func TestIntentRoundTrip(t *testing.T) {
-	ri := replaceIntent{srcUUID: "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia", bootID: "b-1", owner: proc.ID{Pid: 7, Start: 123456}, target: "web+20disk"}
+	ri := replaceIntent{srcUUID: "lpsuZ0-KD0q-F2fc-C5u1-F831-eNsD-0Refia", bootID: "b-1", owner: proc.ID{Pid: 7, Start: 123456},
+		target: "web+20disk", dstUUID: "Xq3sT1-aB2c-D3e4-F5g6-H7i8-J9k0-L1m2N3"}
 	ri.tag = ri.encode()
 	if err := checkTag(ri.tag); err != nil {
 		t.Fatalf("intent %q is not a valid LVM tag: %v", ri.tag, err)
