@@ -4,8 +4,8 @@
 // Every driver uses this one copy (volmap/lvm, volmap/loopdir). The scan
 // of processes goes through internal/procfs, which is bounded in time: a
 // process wedged in the kernel (in a FUSE request of a stopped server, say)
-// delays it by at most ProcTimeout, and the answer then says it may be
-// incomplete.
+// is given up on after procfs.Patience, the whole scan after ProcTimeout,
+// and the answer then says it may be incomplete.
 package holders
 
 import (
@@ -23,8 +23,10 @@ import (
 	"github.com/volfs/volfs/internal/procfs"
 )
 
-// ProcTimeout bounds the scan of /proc.
-var ProcTimeout = 3 * time.Second
+// ProcTimeout bounds the whole scan of /proc. It is only reached on a
+// machine so loaded that examining every process takes that long, or with
+// many wedged processes: each of those costs at most procfs.Patience.
+var ProcTimeout = 10 * time.Second
 
 // selfHolds reports whether this process has dev (by device number) open.
 func selfHolds(rdev uint64) bool {
@@ -115,7 +117,7 @@ func Find(dev string, self bool) ([]string, error) {
 		who = append(who, fmt.Sprintf("held by pid %d (this process)", os.Getpid()))
 	}
 	if !complete {
-		who = append(who, fmt.Sprintf("(the process list may be incomplete: some processes did not answer within %s)", ProcTimeout))
+		who = append(who, fmt.Sprintf("(the process list may be incomplete: some processes' /proc entries did not answer within %s; a process wedged in the kernel?)", procfs.Patience))
 	}
 	return who, nil
 }

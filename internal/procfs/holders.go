@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Process is a process holding a file.
@@ -21,10 +22,17 @@ type Process struct {
 // scanners bounds the processes examined at once.
 const scanners = 8
 
-// stuck are the processes whose /proc entries did not answer a scan that
-// has given up on them (a process wedged in the kernel: reading its fd
-// table waits for a lock it holds). Their goroutine stays blocked until
-// the process moves; later scans skip them instead of adding another.
+// Patience is how long a scan waits for one process's /proc entries. A
+// process that takes longer is wedged in the kernel (reading its fd table
+// waits for a lock it holds, in a FUSE request of a stopped server, say):
+// the scan gives up on it and goes on with the others. A scan that is
+// merely slow (a loaded machine) is not cut short by it: only the
+// caller's context bounds the whole scan.
+var Patience = 3 * time.Second
+
+// stuck are the processes a scan has given up on. Their goroutine stays
+// blocked until the process moves; later scans skip them instead of
+// adding another.
 var stuck sync.Map // pid -> struct{}
 
 // FilesUnder returns, for each path under dir that some process has open
@@ -74,8 +82,9 @@ func uses(pid int, dir string) bool {
 
 // scan runs examine on every process but this one, a few at a time, and
 // returns the processes by each key examine reported for them; complete
-// is false when a process could not be examined before ctx ended (or is
-// still stuck from an earlier scan).
+// is false when a process did not answer within Patience (or is still
+// stuck from an earlier scan), or ctx ended before every process was
+// examined.
 func scan(ctx context.Context, examine func(pid int) []string) (files map[string][]Process, complete bool) {
 	type result struct {
 		pid  int
@@ -100,36 +109,80 @@ func scan(ctx context.Context, examine func(pid int) []string) (files map[string
 		}
 		pids = append(pids, pid)
 	}
+
+	// running holds when each process's examination started; a process
+	// the scan gives up on moves to abandoned (and stuck) and its slot is
+	// freed for the next one.
+	var (
+		mu        sync.Mutex
+		running   = map[int]time.Time{}
+		abandoned = map[int]bool{}
+	)
 	ch := make(chan result, len(pids))
 	sem := make(chan struct{}, scanners)
+	quit := make(chan struct{})
+	defer close(quit)
 	go func() {
 		for _, pid := range pids {
 			select {
 			case sem <- struct{}{}:
-			case <-ctx.Done():
+			case <-quit:
 				return
 			}
+			mu.Lock()
+			running[pid] = time.Now()
+			mu.Unlock()
 			go func() {
-				stuck.Store(pid, struct{}{})
-				defer stuck.Delete(pid)
-				defer func() { <-sem }()
 				r := result{pid: pid, rels: examine(pid)}
 				if len(r.rels) > 0 {
 					comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 					r.comm = strings.TrimSpace(string(comm))
 				}
+				mu.Lock()
+				defer mu.Unlock()
+				if abandoned[pid] {
+					stuck.Delete(pid) // its slot was freed when the scan gave up
+					return
+				}
+				delete(running, pid)
 				ch <- r // buffered: never blocks
+				<-sem
 			}()
 		}
 	}()
+	// giveUp abandons the processes examined since before cutoff.
+	giveUp := func(cutoff time.Time) (n int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for pid, started := range running {
+			if started.Before(cutoff) {
+				delete(running, pid)
+				abandoned[pid] = true
+				stuck.Store(pid, struct{}{})
+				<-sem
+				n++
+			}
+		}
+		return n
+	}
+
+	tick := time.NewTicker(max(Patience/4, time.Millisecond))
+	defer tick.Stop()
 	files = map[string][]Process{}
-	for range pids {
+	for left := len(pids); left > 0; {
 		select {
 		case r := <-ch:
+			left--
 			for _, rel := range r.rels {
 				files[rel] = append(files[rel], Process{PID: r.pid, Command: r.comm})
 			}
+		case now := <-tick.C:
+			if n := giveUp(now.Add(-Patience)); n > 0 {
+				left -= n
+				complete = false
+			}
 		case <-ctx.Done():
+			giveUp(time.Now().Add(time.Hour))
 			return files, false
 		}
 	}
