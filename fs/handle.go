@@ -476,13 +476,21 @@ func (h *handle) Flush(ctx context.Context) syscall.Errno {
 // writes, which take the buffered fd) and waits for them, so that close(2)
 // returns their write-back errors: FLUSH's reply is close's return value.
 // It does not flush the device's cache (close promises no durability), and
-// handles opened read-only skip it (as NFS's close does).
+// handles opened read-only skip it (as NFS's close does). As NFS's flush,
+// it reports without consuming: FLUSH comes at the close of every
+// descriptor of the open file (a dup, a forked child's copy closed at its
+// exec or exit), and the descriptors left open share the handle, whose
+// next fsync must still see the error.
 func (h *handle) flushPages() syscall.Errno {
 	if !h.write {
 		return 0
 	}
 	const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
-	return h.syncDevice("flush", func(fd int) error { return unix.SyncFileRange(fd, 0, 0, all) }, false)
+	h.node.syncMu.Lock()
+	defer h.node.syncMu.Unlock()
+	h.node.writeBackLocked("flush", func(fd int) error { return unix.SyncFileRange(fd, 0, 0, all) })
+	since := h.wbSince
+	return h.node.wbErr.check(&since, false)
 }
 
 // syncDevice runs sync (a flush of the device) on the buffered fd, records
@@ -495,6 +503,16 @@ func (h *handle) syncDevice(op string, sync func(fd int) error, seen bool) sysca
 	n := h.node
 	n.syncMu.Lock()
 	defer n.syncMu.Unlock()
+	n.writeBackLocked(op, sync)
+	return n.wbErr.check(&h.wbSince, seen)
+}
+
+// writeBackLocked runs sync (a flush of the device, or a write-out of its
+// dirty pages) on the open device's buffered fd and records the
+// write-back error it returns for the open files (errSeq): the kernel
+// tells it to this one call, whoever makes it. Every flush of the buffered
+// fd goes through here, under syncMu.
+func (n *Image) writeBackLocked(op string, sync func(fd int) error) {
 	if d := n.acquireDevice(); d != nil {
 		// Either fd flushes the whole block device: its dirty page cache
 		// (and for fdatasync the device's write cache).
@@ -504,7 +522,6 @@ func (h *handle) syncDevice(op string, sync func(fd int) error, seen bool) sysca
 			n.wbErr.set(n.root.toErrno(op, n.name, err))
 		}
 	}
-	return n.wbErr.check(&h.wbSince, seen)
 }
 
 // Fsync flushes the device's cache, reports write-back errors, and
@@ -582,9 +599,14 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 			return e
 		}
 	}
-	n.trimLocked(ctx)
-	if e := n.persistLocked(ctx); e != 0 && errno == 0 {
-		errno = e
+	// The size first, then the trim (see truncateLocked); a size that
+	// could not be saved keeps the LV's extra space until a later close.
+	if e := n.persistLocked(ctx); e != 0 {
+		if errno == 0 {
+			errno = e
+		}
+	} else {
+		n.trimLocked(ctx)
 	}
 	n.idleLocked(ctx)
 	return errno

@@ -44,6 +44,13 @@ type Image struct {
 	attrs    meta.Attrs // in memory; attrs.Size is unused (see size)
 	saved    meta.Attrs // what the driver has persisted
 	devSize  int64      // the device's size in bytes
+	// recorded is the size the listing last showed recorded for the
+	// volume (-1: none), as the listing had it: it tells a size another
+	// volfs recorded from one left as it was (refresh).
+	recorded int64
+	// lvSized: another tool resized the volume, and the file takes the
+	// LV's size whatever size is recorded (refresh).
+	lvSized bool
 	// opens counts the open handles: changed under mu, read without it
 	// by volfs status and the metrics, which must not wait behind an
 	// lvm command or a device flush that holds mu (forever on a hung disk).
@@ -148,6 +155,7 @@ func (n *Image) load(v volmap.Volume) {
 	// Defaults count as saved: nothing is written until the file changes.
 	n.saved = n.attrs.Clone()
 	n.devSize = v.Size
+	n.recorded, n.lvSized = v.Attrs.Size, false
 	if v.Attrs.Size >= 0 && v.Attrs.Size <= v.Size {
 		n.size.Store(v.Attrs.Size)
 	} else {
@@ -177,19 +185,27 @@ func (n *Image) refresh(v volmap.Volume, since uint64) {
 		return
 	}
 	n.name = v.Name
-	switch {
-	case n.opens.Load() > 0 || n.pending || n.written.Load():
+	if n.opens.Load() > 0 || n.pending || n.written.Load() {
 		n.vol.Used = v.Used
-	case v.Size != n.devSize:
-		// Resized by another tool (lvextend, lvreduce): the file is as
-		// large as the volume now, whatever size volfs recorded.
+		return
+	}
+	recorded := v.Attrs.Size
+	// Resized by another tool (lvextend, lvreduce) that left the recorded
+	// size as it was: the file is as large as the volume now, until a
+	// size is recorded again. A size recorded anew with the resize is
+	// another volfs's (another host of a shared VG): it stands, as the
+	// LV's size would show what lies past the file's end in its last
+	// extents (on a linear LV, an old volume's bytes).
+	lvSized := (v.Size != n.devSize || n.lvSized) && recorded == n.recorded
+	if lvSized && v.Size != n.devSize {
 		n.root.log.Info("volume resized outside volfs; the file takes its size",
 			slog.String("volume", v.Name), slog.Int64("was", n.devSize), slog.Int64("size", v.Size))
-		v.Attrs.Size = -1
-		n.load(v)
-	default:
-		n.load(v)
 	}
+	if lvSized {
+		v.Attrs.Size = -1
+	}
+	n.load(v)
+	n.recorded, n.lvSized = recorded, lvSized
 }
 
 // changedLocked records that the node changed its volume through the
@@ -498,10 +514,16 @@ func (n *Image) truncateLocked(ctx context.Context, size int64) syscall.Errno {
 	n.size.Store(size)
 	now := time.Now()
 	n.attrs.Mtime, n.attrs.Ctime = now, now
+	// The new size is recorded before the LV shrinks to it: with the
+	// old size (or none) recorded, a crash between them would give the
+	// file the trimmed LV's size, neither the old size nor the new.
+	if errno := n.persistFlushedLocked(ctx, "flush before truncate"); errno != 0 {
+		return errno
+	}
 	if n.opens.Load() == 0 {
 		n.trimLocked(ctx)
 	}
-	return n.persistFlushedLocked(ctx, "flush before truncate")
+	return 0
 }
 
 // growDeviceLocked makes the device hold at least need bytes, asking for
@@ -522,6 +544,9 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 			slog.String("volume", n.name), slog.Int64("size", n.devSize), slog.Int64("needed", need))
 		return syscall.ENOSPC
 	}
+	if errno := n.pinSizeLocked(ctx); errno != 0 {
+		return errno
+	}
 	got, err := rs.Resize(ctx, n.name, want)
 	if err != nil && want > need {
 		n.root.log.Info("geometric grow failed, growing to what is needed",
@@ -534,6 +559,26 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 	}
 	n.devSize = got
 	n.vol.Size = got
+	return 0
+}
+
+// pinSizeLocked records the file's size before its LV grows, when none is
+// recorded (a file is then its LV's size, as after a trim to whole
+// extents or for an LV made by another tool). Otherwise a crash before the
+// next save would make the file the whole grown LV, whose new space holds
+// whatever it held before: on a linear LV, another volume's old data.
+func (n *Image) pinSizeLocked(ctx context.Context) syscall.Errno {
+	if n.saved.Size >= 0 || n.pending || n.gone {
+		return 0
+	}
+	a := n.saved.Clone()
+	a.Size = n.devSize // what "no size recorded" means now
+	err := n.setAttrs(ctx, a)
+	n.changedLocked()
+	if err != nil {
+		return n.root.toErrno("record the size before growing", n.name, err)
+	}
+	n.saved = a
 	return 0
 }
 
@@ -774,7 +819,9 @@ func (n *Image) persistLocked(ctx context.Context) syscall.Errno {
 		a.Mtime, a.Ctime = t, t
 	}
 	a.Size = n.size.Load()
-	if a.Size == n.devSize {
+	if a.Size == n.devSize && n.saved.Size != a.Size {
+		// The LV's size: no tag needed. A tag that already says it
+		// stays (a trim after the save made the LV that size).
 		a.Size = -1
 	}
 	if a.Equal(n.saved) {

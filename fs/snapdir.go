@@ -91,11 +91,11 @@ func (r *Root) quiesce(ctx context.Context, v volmap.Volume) (meta.Attrs, error)
 	if errno := n.persistLocked(ctx); errno != 0 {
 		return meta.Attrs{}, fmt.Errorf("save the attributes of %s before the snapshot: %w", v.Name, errno)
 	}
+	// The size is always recorded: "none" would mean the LV's size at
+	// the lvcreate, and a write past the end may grow the LV before it
+	// (the lock is not held across the lvm command).
 	a := n.attrs.Clone()
 	a.Size = n.size.Load()
-	if a.Size == n.devSize {
-		a.Size = -1
-	}
 	return a, nil
 }
 

@@ -298,8 +298,17 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 		// back, and the allocator maps their chunks only then: write
 		// them out first (writes that complete from now on are
 		// recorded by the map itself).
+		// The write-back error is the open files' (writeBackLocked):
+		// their fsync must still report it.
 		const all = unix.SYNC_FILE_RANGE_WAIT_BEFORE | unix.SYNC_FILE_RANGE_WRITE | unix.SYNC_FILE_RANGE_WAIT_AFTER
-		if err := unix.SyncFileRange(int(d.buffered.Fd()), 0, 0, all); err != nil {
+		var err error
+		n.syncMu.Lock()
+		n.writeBackLocked("write out before reading the mapping", func(fd int) error {
+			err = unix.SyncFileRange(fd, 0, 0, all)
+			return err
+		})
+		n.syncMu.Unlock()
+		if err != nil {
 			return nil, fmt.Errorf("write out before reading the mapping: %w", err)
 		}
 		start := time.Now()

@@ -48,6 +48,23 @@ func TestExternalChanges(t *testing.T) {
 	sh(t, "lvreduce", "-q", "-f", "-L", "4m", e.vg+"/mine")
 	waitFor(t, "lvreduce of a volfs file shown", externalDelay, func() bool { return size(t, m.path("mine")) == 4*mib })
 
+	// Another volfs (a host of a shared VG) grows a file and records its
+	// new size while this one is not looking: the recorded size wins,
+	// never the LV's, whose tail past the file's end holds old bytes.
+	// (The file showed the whole LV until the listing after.)
+	sh(t, "cp", src, m.path("other"))
+	e.wantFileLV("other", 1_000_001)
+	sh(t, "lvextend", "-q", "-L", "12m", e.vg+"/other")
+	sh(t, "lvchange", "-q", "--deltag", "volfs.size=1000001", "--addtag", "volfs.size=9000001", e.vg+"/other")
+	var seen int64
+	waitFor(t, "the size another volfs recorded shown", externalDelay, func() bool {
+		seen = size(t, m.path("other"))
+		return seen != 1_000_001
+	})
+	if seen != 9_000_001 {
+		t.Fatalf("a file another volfs grew to 9000001 bytes (LV 12 MiB) shows %d bytes", seen)
+	}
+
 	// An LV reduced below the recorded size while nothing is mounted: the
 	// file is as large as the LV.
 	src5 := e.file("src5", 5*mib+3, 2)
@@ -70,7 +87,7 @@ func TestExternalChanges(t *testing.T) {
 	e.thinPool("tp", "64m")
 	sh(t, "lvcreate", "-q", "-V", "16m", "--thinpool", "tp", "-n", "thin1", e.vg)
 	waitFor(t, "thin LV listed", externalDelay, func() bool { return m.has("thin1") })
-	if got := m.names(); !slices.Equal(got, []string{"cut", "mine", "thin1"}) {
+	if got := m.names(); !slices.Equal(got, []string{"cut", "mine", "other", "thin1"}) {
 		t.Fatalf("listing with a thin pool: %v (LVs %v)", got, e.files())
 	}
 	for _, n := range []string{"tp", "tp_tdata", "tp_tmeta", "lvol0_pmspare", "[tp_tdata]"} {
