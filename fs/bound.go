@@ -26,3 +26,11 @@ func (n *Image) setAttrs(ctx context.Context, a meta.Attrs) error {
 	}
 	return n.root.drv.SetAttrs(ctx, n.name, a)
 }
+
+// resize changes the size of the node's volume, bound like openDeviceFile.
+func (n *Image) resize(ctx context.Context, rs volmap.Resizer, size int64) (int64, error) {
+	if b, ok := n.root.drv.(volmap.ResizeBinder); ok && n.vol.ID != "" {
+		return b.ResizeBound(ctx, n.name, n.vol.ID, size)
+	}
+	return rs.Resize(ctx, n.name, size)
+}

@@ -414,6 +414,8 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 	if n.gone {
 		return 0, syscall.ESTALE
 	}
+	n.beginBusyLocked()
+	defer n.endBusyLocked()
 	end := off + int64(len(data))
 	cur := n.size.Load()
 	if end > n.devSize {
@@ -532,9 +534,9 @@ func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	// finished after the flush must not have its size saved below.
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.beginFlushLocked()
+	n.beginBusyLocked()
 	errno := h.syncDevice("fsync", unix.Fdatasync, true)
-	n.endFlushLocked()
+	n.endBusyLocked()
 	if errno != 0 {
 		// The data did not reach the device: a size recorded now would
 		// cover bytes that are not there.
@@ -574,10 +576,10 @@ func (n *Image) lastCloseLocked(ctx context.Context) syscall.Errno {
 	n.single.Store(false)
 	var errno syscall.Errno
 	if d := n.dev.Swap(nil); d != nil {
-		n.beginFlushLocked()
+		n.beginBusyLocked()
 		n.syncMu.Lock()
 		err := unix.Fdatasync(int(d.buffered.Fd()))
-		n.endFlushLocked()
+		n.endBusyLocked()
 		if err != nil {
 			// Kept for the next open's fsync, which sees an error no
 			// fsync has reported (errSeq), as with the raw device.

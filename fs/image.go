@@ -86,29 +86,32 @@ type Image struct {
 	// the file's (Unix nanoseconds; see followDevice).
 	sizeChecked atomic.Int64
 
-	// flushing is set, under mu, while a flush of the device (fsync, last
-	// close) holds mu: seconds on a slow disk, forever on a hung one.
-	// flushAttr is the attributes taken when it began; none of mu's
-	// fields can change before it ends, so stat and lookup (a listing's
-	// READDIRPLUS) answer from it instead of queueing behind the flush.
-	flushing  atomic.Bool
-	flushAttr atomic.Pointer[fuse.Attr]
+	// busy is set, under mu, while mu is held for something long: a
+	// flush of the device (fsync, last close: seconds on a slow disk,
+	// forever on a hung one), a growth (an lvm command) or a zeroing
+	// (minutes for a large range on a device that writes the zeros).
+	// busyAttr is the attributes taken when it began; stat and lookup (a
+	// listing's READDIRPLUS) answer from it, with the live size and write
+	// time, instead of queueing behind mu: one file's writer cannot stall
+	// `ls -l` of the mount.
+	busy     atomic.Bool
+	busyAttr atomic.Pointer[fuse.Attr]
 }
 
-// beginFlushLocked records the attributes and marks the flush (see
-// flushing); endFlushLocked ends it, still under mu.
-func (n *Image) beginFlushLocked() {
+// beginBusyLocked records the attributes and marks mu busy (see busy);
+// endBusyLocked ends it, still under mu. They do not nest.
+func (n *Image) beginBusyLocked() {
 	var a fuse.Attr
 	n.fillAttrLocked(&a)
-	n.flushAttr.Store(&a)
-	n.flushing.Store(true)
+	n.busyAttr.Store(&a)
+	n.busy.Store(true)
 }
 
-func (n *Image) endFlushLocked() { n.flushing.Store(false) }
+func (n *Image) endBusyLocked() { n.busy.Store(false) }
 
-// busyFlushing reports whether mu is held by a flush of the device: then
-// the attributes are those of flushAttr, with the live size and times.
-func (n *Image) busyFlushing() bool { return n.flushing.Load() && n.flushAttr.Load() != nil }
+// busyLong reports whether mu is held for something long (see busy): then
+// the attributes are those of busyAttr, with the live size and times.
+func (n *Image) busyLong() bool { return n.busy.Load() && n.busyAttr.Load() != nil }
 
 var (
 	_ gofs.NodeGetattrer     = (*Image)(nil)
@@ -173,9 +176,9 @@ func (n *Image) load(v volmap.Volume) {
 // would undo that change in memory and a later close would act on it.
 func (n *Image) refresh(v volmap.Volume, since uint64) {
 	if !n.mu.TryLock() {
-		if n.busyFlushing() {
-			// The node is flushing its open device; the next lookup
-			// brings what the listing says.
+		if n.busyLong() {
+			// The node is busy (flushing, growing, zeroing); the next
+			// lookup brings what the listing says.
 			return
 		}
 		n.mu.Lock()
@@ -351,7 +354,7 @@ func (n *Image) followDevice() {
 
 func (n *Image) fillAttr(out *fuse.Attr) {
 	if !n.mu.TryLock() {
-		if a := n.flushAttr.Load(); a != nil && n.flushing.Load() {
+		if a := n.busyAttr.Load(); a != nil && n.busy.Load() {
 			*out = *a
 			// The data path changes these without mu.
 			if size := n.size.Load(); size != int64(out.Size) {
@@ -404,7 +407,7 @@ func (n *Image) fillAttrLocked(out *fuse.Attr) {
 // Getattr reports the file's attributes. An open file's size is checked
 // against its device at most once a second (followDevice).
 func (n *Image) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if n.dev.Load() != nil && !n.busyFlushing() && time.Now().UnixNano()-n.sizeChecked.Load() >= int64(time.Second) {
+	if n.dev.Load() != nil && !n.busyLong() && time.Now().UnixNano()-n.sizeChecked.Load() >= int64(time.Second) {
 		n.followDevice()
 	}
 	n.fillAttr(&out.Attr)
@@ -474,6 +477,8 @@ func (n *Image) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttr
 func (n *Image) truncate(ctx context.Context, size int64) syscall.Errno {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.beginBusyLocked()
+	defer n.endBusyLocked()
 	return n.truncateLocked(ctx, size)
 }
 
@@ -547,11 +552,11 @@ func (n *Image) growDeviceLocked(ctx context.Context, need, want int64) syscall.
 	if errno := n.pinSizeLocked(ctx); errno != 0 {
 		return errno
 	}
-	got, err := rs.Resize(ctx, n.name, want)
+	got, err := n.resize(ctx, rs, want)
 	if err != nil && want > need {
 		n.root.log.Info("geometric grow failed, growing to what is needed",
 			slog.String("volume", n.name), slog.Int64("wanted", want), slog.Int64("needed", need), slog.Any("err", err))
-		got, err = rs.Resize(ctx, n.name, need)
+		got, err = n.resize(ctx, rs, need)
 	}
 	n.changedLocked()
 	if err != nil {
@@ -685,7 +690,7 @@ func (n *Image) trimLocked(ctx context.Context) {
 	if !ok || n.pending || n.gone || n.devSize <= size {
 		return
 	}
-	got, err := rs.Resize(ctx, n.name, max(size, 1))
+	got, err := n.resize(ctx, rs, max(size, 1))
 	n.changedLocked()
 	if err != nil {
 		n.root.log.Warn("trimming the volume to the file size failed; it keeps its extra space",

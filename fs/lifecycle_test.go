@@ -8,6 +8,7 @@ package fs
 // loop devices.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -922,5 +923,80 @@ func TestStaleCloneRemoved(t *testing.T) {
 	}
 	if !strings.Contains(m.log.String(), "removed the partial copy of a clone that a killed server left") {
 		t.Errorf("the log does not say what was removed:\n%s", m.log.String())
+	}
+}
+
+// A write far past the end holds the file's lock while the gap is zeroed
+// (minutes for a large gap on a device that writes its zeros), and so
+// does a truncate that grows: stat of the file and `ls -l` of the mount
+// answer meanwhile. They waited for the zeroing, so one user's writes
+// could stall every listing of the mount.
+func TestStatDuringLongZeroing(t *testing.T) {
+	var hold atomic.Bool
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	m := newTestMount(t, mountConfig{Config: loopdir.Config{Thin: true, BlockSize: 4096}, BeforeZero: func() {
+		if hold.Load() {
+			entered <- struct{}{}
+			<-release
+		}
+	}})
+	m.writeFile("z", bytes.Repeat([]byte("z"), 1<<20))
+	f, err := os.OpenFile(m.path("z"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, c := range []struct {
+		what string
+		grow func() error
+	}{
+		{"a write at 64 MiB", func() error { _, err := f.WriteAt([]byte("x"), 64<<20); return err }},
+		{"truncate to 128 MiB", func() error { return f.Truncate(128 << 20) }},
+	} {
+		hold.Store(true)
+		done := make(chan error, 1)
+		go func() { done <- c.grow() }()
+		select {
+		case <-entered:
+		case err := <-done:
+			t.Fatalf("%s zeroed nothing through the driver: %v", c.what, err)
+		}
+		time.Sleep(1100 * time.Millisecond) // past the kernel's attribute and entry timeouts
+		answered := make(chan error, 1)
+		go func() {
+			if _, err := os.Stat(m.path("z")); err != nil {
+				answered <- err
+				return
+			}
+			ents, err := os.ReadDir(m.dir)
+			for _, e := range ents {
+				if _, err := e.Info(); err != nil {
+					answered <- err
+					return
+				}
+			}
+			answered <- err
+		}()
+		waited := false
+		select {
+		case err := <-answered:
+			if err != nil {
+				t.Errorf("stat or ls -l during %s: %v", c.what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("stat and ls -l waited for the zeroing of %s", c.what)
+			waited = true
+		}
+		hold.Store(false)
+		release <- struct{}{}
+		if err := <-done; err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		if waited {
+			<-answered
+		}
+	}
+	if st, err := os.Stat(m.path("z")); err != nil || st.Size() != 128<<20 {
+		t.Fatalf("after the writes: %v, %v", st, err)
 	}
 }

@@ -56,6 +56,21 @@ type mountConfig struct {
 	BeforeCreate func(name string)
 	// Layouts wraps the driver in layoutDriver (layout_test.go).
 	Layouts bool
+	// BeforeZero, if set, runs at each Zero of the driver (which then
+	// zeroes, as Zeroer): a test holds a zeroing there, as a device that
+	// writes its zeros would for minutes.
+	BeforeZero func()
+}
+
+// hookedZero is loopdir.Zeroing with a hook before each Zero.
+type hookedZero struct {
+	loopdir.Zeroing
+	before func()
+}
+
+func (h hookedZero) Zero(ctx context.Context, name string, f *os.File, off, length int64) error {
+	h.before()
+	return h.Zeroing.Zero(ctx, name, f, off, length)
 }
 
 // hookedCreate is loopdir with a hook before each Create.
@@ -129,6 +144,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	}
 	if cfg.Layouts {
 		drv = newLayoutDriver(d)
+	}
+	if cfg.BeforeZero != nil {
+		drv = hookedZero{loopdir.Zeroing{Driver: d}, cfg.BeforeZero}
 	}
 	m := &testMount{t: t, dir: mnt, d: d, log: &syncBuffer{}}
 	m.root = NewRoot(Options{Driver: drv, Log: slog.New(slog.NewTextHandler(m.log, &slog.HandlerOptions{Level: slog.LevelDebug}))})

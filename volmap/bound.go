@@ -23,3 +23,9 @@ type Binder interface {
 	OpenBound(ctx context.Context, name, id string, flag int) (*os.File, error)
 	SetAttrsBound(ctx context.Context, name, id string, a meta.Attrs) error
 }
+
+// ResizeBinder is Resizer bound as Binder is: the resize is refused with
+// ErrChanged when name is no longer the volume the caller listed as id.
+type ResizeBinder interface {
+	ResizeBound(ctx context.Context, name, id string, size int64) (int64, error)
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -69,9 +70,16 @@ func Find(dev string, self bool) ([]string, error) {
 	}
 
 	mounts, _ := mountinfo.All()
+	// File systems mounted below /dev (/dev/shm, /dev/pts, /dev/mqueue)
+	// hold no block device of ours, and a user may mount a FUSE file
+	// system of theirs in /dev/shm whose server never answers a stat.
+	var belowDev []string
 	for _, m := range mounts {
 		if fmt.Sprintf("%d:%d", m.Major, m.Minor) == majmin {
 			who = append(who, "mounted at "+m.Dir)
+		}
+		if strings.HasPrefix(m.Dir, "/dev/") {
+			belowDev = append(belowDev, m.Dir+"/")
 		}
 	}
 
@@ -102,8 +110,12 @@ func Find(dev string, self bool) ([]string, error) {
 	for _, rel := range paths {
 		// Only device nodes under /dev are stat'ed: a stat elsewhere
 		// could hang on a dead network or FUSE file system.
+		p := "/dev/" + rel
+		if slices.ContainsFunc(belowDev, func(dir string) bool { return strings.HasPrefix(p, dir) }) {
+			continue
+		}
 		var fst unix.Stat_t
-		if unix.Stat("/dev/"+rel, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != rdev {
+		if unix.Stat(p, &fst) != nil || fst.Mode&unix.S_IFMT != unix.S_IFBLK || fst.Rdev != rdev {
 			continue
 		}
 		for _, p := range open[rel] {

@@ -145,6 +145,8 @@ var (
 	_ volmap.Remover        = (*Driver)(nil)
 	_ volmap.Renamer        = (*Driver)(nil)
 	_ volmap.Resizer        = (*Driver)(nil)
+	_ volmap.Binder         = (*Driver)(nil)
+	_ volmap.ResizeBinder   = (*Driver)(nil)
 	_ volmap.SpaceReporter  = (*Driver)(nil)
 	_ volmap.SpaceHinter    = (*Driver)(nil)
 	_ volmap.Detacher       = (*Driver)(nil)
@@ -565,8 +567,19 @@ func (d *Driver) Lookup(ctx context.Context, name string) (volmap.Volume, error)
 // for an existing device node and O_CREAT could make a regular file in
 // /dev/mapper). The device is checked to be this LV before it is returned.
 func (d *Driver) Open(ctx context.Context, name string, flag int) (*os.File, error) {
+	return d.OpenBound(ctx, name, "", flag)
+}
+
+// OpenBound is Open of the LV the caller listed with UUID id
+// (volmap.Binder; "" for whatever LV name has). A name another host or
+// tool gave to a new LV is not the file the caller holds: the mode and
+// owner the kernel checked were that file's.
+func (d *Driver) OpenBound(ctx context.Context, name, id string, flag int) (*os.File, error) {
 	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
+		return nil, err
+	}
+	if err := d.bound(name, lv, id); err != nil {
 		return nil, err
 	}
 	if !lv.Active {
@@ -620,10 +633,19 @@ func (d *Driver) deactivate(ctx context.Context, lvName string) error {
 // changes. The diff is made against the LV's tags in the listing at hand
 // (fileAtHand), which holds the driver's own last change to them.
 func (d *Driver) SetAttrs(ctx context.Context, name string, a meta.Attrs) error {
+	return d.SetAttrsBound(ctx, name, "", a)
+}
+
+// SetAttrsBound is SetAttrs of the LV the caller listed with UUID id
+// (volmap.Binder).
+func (d *Driver) SetAttrsBound(ctx context.Context, name, id string, a meta.Attrs) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
+		return err
+	}
+	if err := d.bound(name, lv, id); err != nil {
 		return err
 	}
 	want := meta.EncodeTags(a)

@@ -337,6 +337,21 @@ func (d *Driver) hasDependents(lv LV) bool {
 	return false
 }
 
+// bound refuses, with ErrChanged, when lv (what the listing has under the
+// file name) is not the LV the caller listed with UUID id: another host or
+// tool removed that one and made a new LV under the name (volfs's own
+// changes move or drop the caller's file first). id "" binds nothing.
+func (d *Driver) bound(name string, lv LV, id string) error {
+	if id == "" || lv.UUID == id {
+		return nil
+	}
+	d.log.Warn("refused a stale file: its name now names another LV",
+		slog.String("volume", name), slog.String("lv", d.cfg.VG+"/"+lv.Name),
+		slog.String("listed_uuid", id), slog.String("now_uuid", lv.UUID))
+	return fmt.Errorf("%s: LV %s/%s is now uuid %s, not the file's uuid %s (removed and made again by another tool or host); "+
+		"look the file up again: %w", name, d.cfg.VG, lv.Name, lv.UUID, id, volmap.ErrChanged)
+}
+
 // verifyIdentity rereads the LV that the listing says is the file name
 // (one lvs of that LV, not the cached listing) and refuses when it is no
 // longer that LV. The listing may be up to a CacheTTL old, and another
@@ -443,10 +458,19 @@ func (d *Driver) rename(ctx context.Context, from, to string) error {
 // the LV; "--fs ignore" is passed where lvresize knows it, since the bytes
 // of a file are not ours to interpret.
 func (d *Driver) Resize(ctx context.Context, name string, size int64) (int64, error) {
+	return d.ResizeBound(ctx, name, "", size)
+}
+
+// ResizeBound is Resize of the LV the caller listed with UUID id
+// (volmap.ResizeBinder).
+func (d *Driver) ResizeBound(ctx context.Context, name, id string, size int64) (int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lv, err := d.fileAtHand(ctx, name)
 	if err != nil {
+		return 0, err
+	}
+	if err := d.bound(name, lv, id); err != nil {
 		return 0, err
 	}
 	target, err := d.roundUpStripes(size, layoutOf(lv))

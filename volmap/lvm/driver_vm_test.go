@@ -1321,3 +1321,58 @@ func TestListingRenewal(t *testing.T) {
 		t.Fatalf("lvs after Replace: %v; want b with uuid %s and no a3", rows, before.ID)
 	}
 }
+
+// Open, SetAttrs and Resize bound to the LV a caller listed (the file a
+// kernel inode stands for) refuse with ErrChanged once another tool or
+// host has removed that LV and made a new one under its name, and leave
+// the new LV alone; bound to the new LV's UUID they work. An inode kept
+// by an O_PATH descriptor reached the new LV through its old mode and
+// owner.
+func TestBoundToListedLV(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(lvm.Config{CacheTTL: time.Millisecond})
+	ctx := context.Background()
+	if _, err := d.Create(ctx, "b", 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := d.Lookup(ctx, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sh("lvremove", "-q", "-y", e.vg+"/b")
+	e.sh("lvcreate", "-q", "-Wn", "-L", "8m", "-n", "b", e.vg)
+	before := e.lvs()["b"]
+	time.Sleep(10 * time.Millisecond) // the listing has expired
+
+	if f, err := d.OpenBound(ctx, "b", old.ID, os.O_RDONLY); !errors.Is(err, volmap.ErrChanged) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("OpenBound of a recreated name: %v, want ErrChanged", err)
+	}
+	if err := d.SetAttrsBound(ctx, "b", old.ID, meta.Attrs{Mode: 0o666, Size: 1}); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("SetAttrsBound of a recreated name: %v, want ErrChanged", err)
+	}
+	if _, err := d.ResizeBound(ctx, "b", old.ID, 4*mib); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("ResizeBound of a recreated name: %v, want ErrChanged", err)
+	}
+	if after := e.lvs()["b"]; after.uuid != before.uuid || after.size != 8*mib || len(hasTag(after.tags, "volfs.")) != 0 {
+		t.Fatalf("the new LV was changed: before %+v, after %+v", before, after)
+	}
+
+	now, err := d.Lookup(ctx, "b")
+	if err != nil || now.ID == old.ID {
+		t.Fatalf("Lookup after the recreate: %+v, %v", now, err)
+	}
+	f, err := d.OpenBound(ctx, "b", now.ID, os.O_RDONLY)
+	if err != nil {
+		t.Fatalf("OpenBound of the LV the name has: %v", err)
+	}
+	f.Close()
+	if err := d.SetAttrsBound(ctx, "b", now.ID, meta.Attrs{Mode: 0o640, Size: -1}); err != nil {
+		t.Fatalf("SetAttrsBound of the LV the name has: %v", err)
+	}
+	if got, err := d.ResizeBound(ctx, "b", now.ID, 12*mib); err != nil || got != 12*mib {
+		t.Fatalf("ResizeBound of the LV the name has: %d, %v", got, err)
+	}
+}
