@@ -252,9 +252,30 @@ func (r *Runner) log() *slog.Logger {
 // stdout. Failures are *CmdError. Commands that could not get an LVM lock
 // are retried a few times.
 func (r *Runner) Run(ctx context.Context, command string, args ...string) ([]byte, error) {
+	return r.run(ctx, "", command, args...)
+}
+
+// unarchived is the configuration of a change that only sets tags: lvm
+// keeps no copy of the VG's metadata from before it in its archive
+// directory (the backup of the current metadata is still written). volfs
+// changes tags at every close that wrote and every 5 s while a file grows;
+// each archived copy is the whole VG's metadata (hundreds of KiB with a
+// thousand LVs), kept 30 days. Changes of LVs themselves stay archived.
+const unarchived = "backup/archive=0"
+
+// RunTags is Run for an lvchange that only adds and deletes tags (see
+// unarchived).
+func (r *Runner) RunTags(ctx context.Context, args ...string) ([]byte, error) {
+	return r.run(ctx, unarchived, "lvchange", args...)
+}
+
+func (r *Runner) run(ctx context.Context, extra, command string, args ...string) ([]byte, error) {
 	cfg := lockConfig
 	if r.Config != "" {
 		cfg += " " + r.Config
+	}
+	if extra != "" {
+		cfg += " " + extra
 	}
 	argv := []string{command, "--yes", "--config", cfg}
 	if devs := r.devices.Load(); devs != nil {

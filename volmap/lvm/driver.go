@@ -671,7 +671,7 @@ func (d *Driver) SetAttrsBound(ctx context.Context, name, id string, a meta.Attr
 		args = append(args, "--addtag", t)
 	}
 	args = append(args, d.cfg.VG+"/"+lv.Name)
-	if _, err := d.lvm.Run(ctx, "lvchange", args...); err != nil {
+	if _, err := d.lvm.RunTags(ctx, args...); err != nil {
 		d.invalidate()
 		return fmt.Errorf("set attributes of %s (%s/%s): %w", name, d.cfg.VG, lv.Name, err)
 	}

@@ -1376,3 +1376,38 @@ func TestBoundToListedLV(t *testing.T) {
 		t.Fatalf("ResizeBound of the LV the name has: %d, %v", got, err)
 	}
 }
+
+// A change of tags alone (attributes, at every close that wrote) leaves
+// no copy of the VG's metadata in lvm's archive directory; a change of an
+// LV does. Each copy is the whole VG's metadata, kept 30 days.
+func TestTagChangesNotArchived(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(lvm.Config{})
+	ctx := context.Background()
+	archived := func() int {
+		m, _ := filepath.Glob("/etc/lvm/archive/" + e.vg + "_*.vg")
+		return len(m)
+	}
+	n0 := archived()
+	if _, err := d.Create(ctx, "a", 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+		t.Fatal(err)
+	}
+	n1 := archived()
+	if n1 == n0 {
+		t.Skip("lvm archives nothing here (backup/archive=0 in lvm.conf?)")
+	}
+	for i := range 5 {
+		if err := d.SetAttrs(ctx, "a", meta.Attrs{Mode: 0o600, Size: int64(1000 + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := archived(); n != n1 {
+		t.Errorf("5 tag changes added %d archived copies of the metadata, want 0", n-n1)
+	}
+	if _, err := d.Resize(ctx, "a", 8*mib); err != nil {
+		t.Fatal(err)
+	}
+	if n := archived(); n == n1 {
+		t.Error("an lvresize was not archived")
+	}
+}

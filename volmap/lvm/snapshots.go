@@ -298,7 +298,7 @@ func (d *Driver) RenameSnapshot(ctx context.Context, origin, oldName, newName st
 		return fmt.Errorf("rename snapshot %q: snapshot %q exists: %w", oldName, newName, volmap.ErrExists)
 	}
 	defer d.invalidate()
-	if _, err := d.lvm.Run(ctx, "lvchange", "--deltag", snapTag(tagSnapName, oldName),
+	if _, err := d.lvm.RunTags(ctx, "--deltag", snapTag(tagSnapName, oldName),
 		"--addtag", snapTag(tagSnapName, newName), d.cfg.VG+"/"+lv.Name); err != nil {
 		return fmt.Errorf("rename snapshot %q to %q (%s/%s): %w", oldName, newName, d.cfg.VG, lv.Name, err)
 	}
