@@ -30,10 +30,22 @@ func statT(t testing.TB, p string) syscall.Stat_t {
 func TestTrustedXattrsAndDefaultOwner(t *testing.T) {
 	e := newVG(t)
 	sh(t, "lvcreate", "-q", "-L", "8m", "-n", "ext", e.vg)
+	// An untagged LV the host uses (a mounted file system, as the host's
+	// root or swap LV in the same VG): the defaults are for images, and
+	// would give the host to the hypervisor's group.
+	sh(t, "lvcreate", "-q", "-L", "8m", "-n", "sys", e.vg)
+	sh(t, "mkfs.ext4", "-q", "-F", "/dev/"+e.vg+"/sys")
+	fsDir := t.TempDir()
+	sh(t, "mount", "/dev/"+e.vg+"/sys", fsDir)
+	t.Cleanup(func() { _, _ = try("umount", fsDir) })
 	flags := []string{"--uid", "64055", "--gid", "107", "--file-mode", "0660"}
 	m := e.mount(flags...)
 	if st := statT(t, m.path("ext")); st.Uid != 64055 || st.Gid != 107 || st.Mode&07777 != 0o660 {
 		t.Errorf("untagged LV: %d:%d mode %o, want 64055:107 mode 660", st.Uid, st.Gid, st.Mode&07777)
+	}
+	if st := statT(t, m.path("sys")); st.Uid != 0 || st.Gid != 0 || st.Mode&07777 != 0o600 {
+		t.Errorf("an untagged LV mounted on the host: %d:%d mode %o, want root 0600 (not the mount's defaults)",
+			st.Uid, st.Gid, st.Mode&07777)
 	}
 	if tags := e.lv("ext").Tags; len(tags) != 0 {
 		t.Errorf("an untagged LV got tags by being looked at: %v", tags)

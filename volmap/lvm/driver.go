@@ -497,7 +497,12 @@ func (d *Driver) volume(lv LV, file string) volmap.Volume {
 		a = DefaultAttrs(lv.Created)
 	}
 	v.Attrs = a
-	v.Defaulted = !found
+	// The mount's --uid, --gid and --file-mode are for images. An LV
+	// without tags whose device is open on this host (a mounted file
+	// system, swap: the host's own LVs in the same VG) keeps root and
+	// 0600: giving it to the hypervisor's group would give that group
+	// the host.
+	v.Defaulted = !found && !lv.DeviceOpen()
 	return v
 }
 
