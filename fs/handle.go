@@ -441,7 +441,9 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 		}
 	}
 	k, err := n.writeDevice(ctx, d, data, off)
-	if reached := off + int64(k); reached > cur {
+	if reached := off + int64(k); k > 0 && reached > cur {
+		// A write that wrote nothing leaves the size (the zeroed gap
+		// stays beyond it), as on a local file system.
 		n.size.Store(reached)
 	}
 	n.wtime.Store(time.Now().UnixNano())

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -998,5 +999,54 @@ func TestStatDuringLongZeroing(t *testing.T) {
 	}
 	if st, err := os.Stat(m.path("z")); err != nil || st.Size() != 128<<20 {
 		t.Fatalf("after the writes: %v, %v", st, err)
+	}
+}
+
+// A write past the end that writes nothing (the device fails it) leaves
+// the file's size, as on a local file system: the size went to the
+// write's offset, past a gap of zeros nobody wrote.
+func TestFailedWritePastEndKeepsSize(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "volfs-test-tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a small tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	// Volumes are sparse files on a tmpfs of 8 MiB: once it is full, a
+	// write to a hole fails at the loop device.
+	m := newTestMount(t, mountConfig{Config: loopdir.Config{Dir: dir, Thin: true, Capacity: 1 << 30}, Zeroer: true})
+	m.writeFile("w", bytes.Repeat([]byte("w"), 1<<20))
+	f, err := os.OpenFile(m.path("w"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The volume grows to 128 MiB and stays so while the file is open:
+	// the write below needs no growth, only the gap's zeroing.
+	if err := f.Truncate(128 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte("f"), 16<<20), 1<<20); err == nil {
+		t.Skip("the small tmpfs did not fill")
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := st.Size()
+	_, err = f.WriteAt(bytes.Repeat([]byte("x"), 1<<20), 64<<20)
+	if err == nil {
+		t.Fatal("a write to a full tmpfs succeeded")
+	}
+	t.Logf("before %d, write err %v", before, err)
+	if st, _ := f.Stat(); st.Size() != before {
+		t.Errorf("a write at 64 MiB that failed (%v) changed the size from %d to %d", err, before, st.Size())
 	}
 }
