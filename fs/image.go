@@ -1048,12 +1048,23 @@ func (n *Image) Setxattr(ctx context.Context, attr string, data []byte, flags ui
 	if total > meta.MaxXattrTotal {
 		return syscall.ENOSPC
 	}
+	was, wasWritten := n.attrs.Clone(), n.written.Load()
 	if n.attrs.Xattrs == nil {
 		n.attrs.Xattrs = map[string][]byte{}
 	}
 	n.attrs.Xattrs[attr] = append([]byte(nil), data...)
 	n.attrs.Ctime = time.Now()
-	return n.persistFlushedLocked(ctx, "flush before setxattr")
+	errno := n.persistFlushedLocked(ctx, "flush before setxattr")
+	if errno != 0 {
+		// Not saved (the VG's metadata area kept for its own changes,
+		// say): the xattr is not set, and later saves of the size and
+		// times do not carry it and fail with it (as in Setattr).
+		n.attrs = was
+		if wasWritten {
+			n.written.Store(true)
+		}
+	}
+	return errno
 }
 
 // Removexattr deletes a stored attribute.

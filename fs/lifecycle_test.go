@@ -1050,3 +1050,37 @@ func TestFailedWritePastEndKeepsSize(t *testing.T) {
 		t.Errorf("a write at 64 MiB that failed (%v) changed the size from %d to %d", err, before, st.Size())
 	}
 }
+
+// A setxattr the driver refuses (ENOSPC: the VG's metadata area is kept
+// for its own changes) leaves no xattr behind: getxattr does not show it,
+// and the file's size and times are still saved at close. The refused
+// xattr stayed in memory, and every later save carried it and failed.
+func TestRefusedXattrNotKept(t *testing.T) {
+	m := newTestMount(t, mountConfig{SetAttrs: func(a meta.Attrs) error {
+		if len(a.Xattrs) > 0 {
+			return fmt.Errorf("no room for xattrs: %w", volmap.ErrNoSpace)
+		}
+		return nil
+	}})
+	m.writeFile("x", []byte("abc"))
+	if err := unix.Setxattr(m.path("x"), "user.k", []byte("v"), 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("setxattr the driver refuses: %v, want ENOSPC", err)
+	}
+	if _, err := unix.Getxattr(m.path("x"), "user.k", make([]byte, 16)); !errors.Is(err, unix.ENODATA) {
+		t.Errorf("getxattr of a refused xattr: %v, want ENODATA", err)
+	}
+	f, err := os.OpenFile(m.path("x"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("defg")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close after the refused setxattr: %v", err)
+	}
+	m.waitFor("the size 7 recorded", func() bool {
+		v, ok := m.volume("x")
+		return ok && (v.Attrs.Size == 7 || v.Attrs.Size < 0 && v.Size == 7)
+	})
+}

@@ -56,10 +56,26 @@ type mountConfig struct {
 	BeforeCreate func(name string)
 	// Layouts wraps the driver in layoutDriver (layout_test.go).
 	Layouts bool
+	// SetAttrs, if set, runs before each SetAttrs of the driver; its
+	// error fails it.
+	SetAttrs func(a meta.Attrs) error
 	// BeforeZero, if set, runs at each Zero of the driver (which then
 	// zeroes, as Zeroer): a test holds a zeroing there, as a device that
 	// writes its zeros would for minutes.
 	BeforeZero func()
+}
+
+// hookedSetAttrs is loopdir with a hook before each SetAttrs.
+type hookedSetAttrs struct {
+	*loopdir.Driver
+	before func(a meta.Attrs) error
+}
+
+func (h hookedSetAttrs) SetAttrs(ctx context.Context, name string, a meta.Attrs) error {
+	if err := h.before(a); err != nil {
+		return err
+	}
+	return h.Driver.SetAttrs(ctx, name, a)
 }
 
 // hookedZero is loopdir.Zeroing with a hook before each Zero.
@@ -144,6 +160,9 @@ func newTestMount(t *testing.T, cfg mountConfig) *testMount {
 	}
 	if cfg.Layouts {
 		drv = newLayoutDriver(d)
+	}
+	if cfg.SetAttrs != nil {
+		drv = hookedSetAttrs{d, cfg.SetAttrs}
 	}
 	if cfg.BeforeZero != nil {
 		drv = hookedZero{loopdir.Zeroing{Driver: d}, cfg.BeforeZero}

@@ -653,6 +653,9 @@ func (d *Driver) SetAttrsBound(ctx context.Context, name, id string, a meta.Attr
 	if err := d.bound(name, lv, id); err != nil {
 		return err
 	}
+	if err := d.metadataRoom(ctx, name, lv, a); err != nil {
+		return err
+	}
 	want := meta.EncodeTags(a)
 	var del, add []string
 	for _, t := range lv.Tags {
@@ -684,6 +687,50 @@ func (d *Driver) SetAttrsBound(ctx context.Context, name, id string, a meta.Attr
 	lv.Tags = append(tags, add...)
 	d.patch(lv)
 	return nil
+}
+
+// metadataReserve is the share of the VG's metadata area that xattrs may
+// not take: the room LVM needs for the VG's own changes (every LV, and
+// its other tags, is text in that area). A file's xattrs are bounded
+// (meta.MaxXattrTotal), but a user owning a few dozen files could
+// otherwise fill the area, after which every lvm change of the VG fails.
+const metadataReserve = 4 // a quarter
+
+// metadataRoom refuses (ErrNoSpace) attributes whose xattrs grow while the
+// VG's metadata area has less room than that for them. Only growing xattrs
+// are checked (one vgs): sizes, times and modes are always written.
+func (d *Driver) metadataRoom(ctx context.Context, name string, lv LV, a meta.Attrs) error {
+	old, _, _ := meta.DecodeTags(lv.Tags)
+	grow := xattrBytes(a) - xattrBytes(old)
+	if grow <= 0 {
+		return nil
+	}
+	out, err := d.lvm.Report(ctx, "vgs", vgFields, d.cfg.VG)
+	if err != nil {
+		return fmt.Errorf("set xattrs of %s: read the VG's metadata room: %w", name, err)
+	}
+	vgs, err := ParseVGs(out)
+	if err != nil || len(vgs) != 1 || vgs[0].MdaSize <= 0 || vgs[0].MdaFree < 0 {
+		return nil // not reported (an old lvm): LVM's own limit stands
+	}
+	// Encoded, each byte takes 4/3 in base64 plus the tags' framing:
+	// count twice what the xattrs hold.
+	vg := vgs[0]
+	if vg.MdaFree-2*grow < vg.MdaSize/metadataReserve {
+		return fmt.Errorf("set xattrs of %s: the metadata area of VG %s has %d bytes free of %d, and a quarter is kept for "+
+			"the VG's own changes: remove xattrs of other files, or give the VG larger metadata areas "+
+			"(pvcreate --metadatasize on new PVs, then pvmove): %w", name, d.cfg.VG, vg.MdaFree, vg.MdaSize, volmap.ErrNoSpace)
+	}
+	return nil
+}
+
+// xattrBytes is what a's xattrs hold, names and values.
+func xattrBytes(a meta.Attrs) int64 {
+	var n int64
+	for k, v := range a.Xattrs {
+		n += int64(len(k) + len(v))
+	}
+	return n
 }
 
 // Space reports the thin pool's size and free space (size × (1 − data%))

@@ -1411,3 +1411,52 @@ func TestTagChangesNotArchived(t *testing.T) {
 		t.Error("an lvresize was not archived")
 	}
 }
+
+// xattrs that would leave less than a quarter of the VG's metadata area
+// are refused with ErrNoSpace, file after file, before LVM's own limit:
+// the VG's own changes (a new LV, a tag of another file) still work
+// afterwards. Before, a user owning a few dozen files could fill the area
+// with xattrs, and every lvm change of the VG failed.
+func TestXattrsLeaveMetadataRoom(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(lvm.Config{})
+	ctx := context.Background()
+	vgs := func() string {
+		return strings.TrimSpace(e.sh("vgs", "--noheadings", "--units", "b", "-o", "vg_mda_size,vg_mda_free", e.vg))
+	}
+	t.Logf("metadata area (size, free): %s", vgs())
+	xattrs := map[string][]byte{}
+	for i := range 4 {
+		xattrs[fmt.Sprintf("user.k%d", i)] = bytes.Repeat([]byte{byte('a' + i)}, meta.MaxXattrValue-8)
+	}
+	refused := -1
+	for i := range 60 {
+		name := fmt.Sprintf("x%d", i)
+		if _, err := d.Create(ctx, name, 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+			t.Fatalf("create %s after %d files with xattrs (%s): %v", name, i, vgs(), err)
+		}
+		err := d.SetAttrs(ctx, name, meta.Attrs{Mode: 0o600, Size: -1, Xattrs: xattrs})
+		if errors.Is(err, volmap.ErrNoSpace) {
+			t.Logf("file %d refused: %v", i, err)
+			refused = i
+			break
+		}
+		if err != nil {
+			t.Fatalf("xattrs of file %d (%s): %v", i, vgs(), err)
+		}
+	}
+	if refused < 0 {
+		t.Fatalf("60 files of 16 KiB xattrs each all accepted (%s)", vgs())
+	}
+	t.Logf("after the refusal: %s", vgs())
+	// The VG's own changes still work.
+	if _, err := d.Create(ctx, "after", 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+		t.Fatalf("create after the refusal: %v", err)
+	}
+	if err := d.SetAttrs(ctx, "after", meta.Attrs{Mode: 0o644, Size: 12345}); err != nil {
+		t.Fatalf("attributes without xattrs after the refusal: %v", err)
+	}
+	if err := d.Rename(ctx, "after", "after2"); err != nil {
+		t.Fatalf("rename after the refusal: %v", err)
+	}
+}

@@ -16,7 +16,7 @@ const lvFields = "lv_name,lv_uuid,lv_size,lv_attr,lv_tags,pool_lv,data_percent,l
 	"vg_missing_pv_count,stripes,data_stripes,lv_health_status,sync_percent,lv_lockargs,origin"
 
 // vgFields are the vgs columns the driver reads.
-const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type"
+const vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_lock_type,vg_mda_size,vg_mda_free"
 
 // LV is one row of an lvs report.
 type LV struct {
@@ -102,6 +102,10 @@ type VG struct {
 	// LockType is vg_lock_type: "sanlock" or "dlm" for a VG shared
 	// between hosts through lvmlockd, empty for a local VG.
 	LockType string
+	// MdaSize and MdaFree are the size of the VG's smallest metadata
+	// area and the room left in it for the metadata text (-1 when not
+	// reported).
+	MdaSize, MdaFree int64
 }
 
 // ParseLVs parses the JSON of "lvs --reportformat json --units b
@@ -183,6 +187,8 @@ func ParseVGs(data []byte) ([]VG, error) {
 			Free:       p.int("vg_free", 0),
 			ExtentSize: p.int("vg_extent_size", 0),
 			LockType:   p.str("vg_lock_type"),
+			MdaSize:    p.int("vg_mda_size", -1),
+			MdaFree:    p.int("vg_mda_free", -1),
 		}
 		if p.err != nil {
 			return nil, fmt.Errorf("vgs report, row %d (%q): %w", i, vg.Name, p.err)

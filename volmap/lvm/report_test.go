@@ -91,7 +91,8 @@ func TestParseVGs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := VG{Name: "vgx", UUID: "BVhe2j-pzqz-gGOq-gQiq-Ze1j-A2Am-8DWCo0", Size: 1069547520, Free: 960495616, ExtentSize: 4 << 20}
+	want := VG{Name: "vgx", UUID: "BVhe2j-pzqz-gGOq-gQiq-Ze1j-A2Am-8DWCo0", Size: 1069547520, Free: 960495616, ExtentSize: 4 << 20,
+		MdaSize: -1, MdaFree: -1} // not in this report
 	if len(vgs) != 1 || vgs[0] != want {
 		t.Fatalf("ParseVGs = %+v", vgs)
 	}
