@@ -85,16 +85,21 @@ func TestCrashAfterResize(t *testing.T) {
 				m = e.mount()
 			}
 			env, flag := e.killAfterLvresize()
+			// armed restarts the server with the wrapper, armed for its
+			// next lvresize, and returns the server's pid.
+			armed := func() int {
+				m.umount()
+				m.env = env
+				m.start()
+				m.env = nil
+				if err := os.WriteFile(flag, nil, 0o600); err != nil {
+					t.Fatal(err)
+				}
+				return m.serverPid()
+			}
 
 			// A write past the end: killed right after the LV grew.
-			m.umount()
-			m.env = env
-			m.start()
-			m.env = nil
-			if err := os.WriteFile(flag, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			pid := m.serverPid()
+			pid := armed()
 			out, err := exec.Command("dd", "if="+src, "of="+m.path("grow"), "bs=1M", "count=1",
 				"seek=8", "conv=notrunc", "status=none").CombinedOutput()
 			if _, ferr := os.Stat(flag); ferr == nil {
@@ -120,14 +125,7 @@ func TestCrashAfterResize(t *testing.T) {
 
 			// A truncate of a closed file: killed right after the LV
 			// shrank.
-			m.umount()
-			m.env = env
-			m.start()
-			m.env = nil
-			if err := os.WriteFile(flag, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			pid = m.serverPid()
+			pid = armed()
 			const cut = 5*mib + 123
 			_ = exec.Command("truncate", "-s", strconv.Itoa(cut), m.path("cut")).Run()
 			if _, ferr := os.Stat(flag); ferr == nil {
