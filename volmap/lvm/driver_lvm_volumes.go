@@ -337,19 +337,34 @@ func (d *Driver) hasDependents(lv LV) bool {
 	return false
 }
 
-// bound refuses, with ErrChanged, when lv (what the listing has under the
-// file name) is not the LV the caller listed with UUID id: another host or
-// tool removed that one and made a new LV under the name (volfs's own
-// changes move or drop the caller's file first). id "" binds nothing.
+// bound refuses, with ErrChanged, when the file name is no longer the LV
+// the caller listed with UUID id: another host or tool removed that one
+// and made a new LV under the name (volfs's own changes move or drop the
+// caller's file first). lv is what the listing has under the name; the
+// listing may be up to a TTL old, so an active device under the name is
+// asked too (its device-mapper UUID names its LV). id "" binds nothing.
 func (d *Driver) bound(name string, lv LV, id string) error {
-	if id == "" || lv.UUID == id {
+	if id == "" {
 		return nil
+	}
+	now := "uuid " + lv.UUID
+	if lv.UUID == id {
+		var st unix.Stat_t
+		if unix.Stat(d.devPath(lv.Name), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			return nil // not active here: the listing is all there is
+		}
+		dm, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
+		if err != nil || strings.TrimSpace(string(dm)) == d.dmUUID(lv) {
+			return nil
+		}
+		now = "device-mapper uuid " + strings.TrimSpace(string(dm))
+		d.invalidate()
 	}
 	d.log.Warn("refused a stale file: its name now names another LV",
 		slog.String("volume", name), slog.String("lv", d.cfg.VG+"/"+lv.Name),
-		slog.String("listed_uuid", id), slog.String("now_uuid", lv.UUID))
-	return fmt.Errorf("%s: LV %s/%s is now uuid %s, not the file's uuid %s (removed and made again by another tool or host); "+
-		"look the file up again: %w", name, d.cfg.VG, lv.Name, lv.UUID, id, volmap.ErrChanged)
+		slog.String("listed_uuid", id), slog.String("now_uuid", now))
+	return fmt.Errorf("%s: LV %s/%s is now %s, not the file's uuid %s (removed and made again by another tool or host); "+
+		"look the file up again: %w", name, d.cfg.VG, lv.Name, now, id, volmap.ErrChanged)
 }
 
 // verifyIdentity rereads the LV that the listing says is the file name

@@ -1460,3 +1460,36 @@ func TestXattrsLeaveMetadataRoom(t *testing.T) {
 		t.Fatalf("rename after the refusal: %v", err)
 	}
 }
+
+// The same within the listing's TTL: the listing still names the old LV,
+// but the active device under the name is the new one.
+func TestBoundWithinTTL(t *testing.T) {
+	e := newEnv(t)
+	d := e.driver(lvm.Config{CacheTTL: time.Hour})
+	ctx := context.Background()
+	if _, err := d.Create(ctx, "c", 4*mib, meta.Attrs{Mode: 0o600, Size: -1}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := d.Lookup(ctx, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sh("lvremove", "-q", "-y", e.vg+"/c")
+	e.sh("lvcreate", "-q", "-Wn", "-L", "8m", "-n", "c", e.vg)
+	before := e.lvs()["c"]
+	if f, err := d.OpenBound(ctx, "c", old.ID, os.O_RDONLY); !errors.Is(err, volmap.ErrChanged) {
+		if f != nil {
+			f.Close()
+		}
+		t.Errorf("OpenBound within the TTL: %v, want ErrChanged", err)
+	}
+	if err := d.SetAttrsBound(ctx, "c", old.ID, meta.Attrs{Mode: 0o666, Size: 1}); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("SetAttrsBound within the TTL: %v, want ErrChanged", err)
+	}
+	if _, err := d.ResizeBound(ctx, "c", old.ID, 4*mib); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("ResizeBound within the TTL: %v, want ErrChanged", err)
+	}
+	if after := e.lvs()["c"]; after.uuid != before.uuid || after.size != 8*mib || len(hasTag(after.tags, "volfs.")) != 0 {
+		t.Fatalf("the new LV was changed: before %+v, after %+v", before, after)
+	}
+}
