@@ -19,12 +19,20 @@ func (n *Image) openDeviceFile(ctx context.Context, flag int) (*os.File, error) 
 	return n.root.drv.Open(ctx, n.name, flag)
 }
 
-// setAttrs persists attributes, bound like openDeviceFile.
+// setAttrs persists attributes, bound like openDeviceFile. Under mu: what
+// it records becomes the size the listing will show (recorded), so that
+// refresh tells another tool's resize from volfs's own.
 func (n *Image) setAttrs(ctx context.Context, a meta.Attrs) error {
+	var err error
 	if b, ok := n.root.drv.(volmap.Binder); ok && n.vol.ID != "" {
-		return b.SetAttrsBound(ctx, n.name, n.vol.ID, a)
+		err = b.SetAttrsBound(ctx, n.name, n.vol.ID, a)
+	} else {
+		err = n.root.drv.SetAttrs(ctx, n.name, a)
 	}
-	return n.root.drv.SetAttrs(ctx, n.name, a)
+	if err == nil {
+		n.recorded = a.Size
+	}
+	return err
 }
 
 // resize changes the size of the node's volume, bound like openDeviceFile.
