@@ -414,8 +414,6 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 	if n.gone {
 		return 0, syscall.ESTALE
 	}
-	n.beginBusyLocked()
-	defer n.endBusyLocked()
 	end := off + int64(len(data))
 	cur := n.size.Load()
 	if end > n.devSize {
@@ -426,8 +424,16 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 				return 0, syscall.ENOSPC
 			}
 			data = data[:n.devSize-off] // a short write up to the end, as on the device
-		} else if errno := n.growDeviceLocked(ctx, end, growTarget(n.devSize, end)); errno != 0 {
-			return 0, errno
+		} else {
+			// The lvm commands and the zeroing below take long: stat
+			// and lookup answer meanwhile (busy). Writes within the
+			// grown device, the most, need neither.
+			n.beginBusyLocked()
+			errno := n.growDeviceLocked(ctx, end, growTarget(n.devSize, end))
+			n.endBusyLocked()
+			if errno != 0 {
+				return 0, errno
+			}
 		}
 	}
 	d := n.acquireDevice()
@@ -436,7 +442,10 @@ func (n *Image) extendingWrite(ctx context.Context, data []byte, off int64) (uin
 	}
 	defer d.release()
 	if off > cur {
-		if errno := n.zeroFile(ctx, d.direct, cur, off-cur); errno != 0 {
+		n.beginBusyLocked()
+		errno := n.zeroFile(ctx, d.direct, cur, off-cur)
+		n.endBusyLocked()
+		if errno != 0 {
 			return 0, errno
 		}
 	}

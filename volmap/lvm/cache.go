@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/volfs/volfs/volmap"
 )
 
@@ -259,16 +257,14 @@ func (d *Driver) deviceIs(lv LV) bool {
 	if !lv.Active || lv.UUID == "" {
 		return false
 	}
-	var st unix.Stat_t
-	if unix.Stat(d.devPath(lv.Name), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+	rdev, ok := blockDevAt(d.devPath(lv.Name))
+	if !ok {
 		return false
 	}
-	sys := fmt.Sprintf("/sys/dev/block/%d:%d/", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-	uuid, err := os.ReadFile(sys + "dm/uuid")
-	if err != nil || strings.TrimSpace(string(uuid)) != d.dmUUID(lv) {
+	if uuid, err := dmUUIDOf(rdev); err != nil || uuid != d.dmUUID(lv) {
 		return false
 	}
-	sectors, err := os.ReadFile(sys + "size")
+	sectors, err := os.ReadFile(sysBlock(rdev) + "size")
 	if err != nil {
 		return false
 	}

@@ -78,14 +78,35 @@ func (d *Driver) openDevice(lv LV, flag int) (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("open %s/%s: %s is not a block device", d.cfg.VG, lv.Name, path)
 	}
-	sys := fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-	got, err := os.ReadFile(sys)
-	if want := d.dmUUID(lv); err != nil || strings.TrimSpace(string(got)) != want {
+	got, err := dmUUIDOf(st.Rdev)
+	if want := d.dmUUID(lv); err != nil || got != want {
 		f.Close()
-		return nil, fmt.Errorf("open %s/%s: %s is not this LV (%s says %q, want %q, %v)",
-			d.cfg.VG, lv.Name, path, sys, strings.TrimSpace(string(got)), want, err)
+		return nil, fmt.Errorf("open %s/%s: %s is not this LV (%sdm/uuid says %q, want %q, %v)",
+			d.cfg.VG, lv.Name, path, sysBlock(st.Rdev), got, want, err)
 	}
 	return f, nil
+}
+
+// sysBlock is the sysfs directory of the block device rdev.
+func sysBlock(rdev uint64) string {
+	return fmt.Sprintf("/sys/dev/block/%d:%d/", unix.Major(rdev), unix.Minor(rdev))
+}
+
+// dmUUIDOf is the device-mapper UUID of the block device rdev (an error
+// when it is no device-mapper device).
+func dmUUIDOf(rdev uint64) (string, error) {
+	b, err := os.ReadFile(sysBlock(rdev) + "dm/uuid")
+	return strings.TrimSpace(string(b)), err
+}
+
+// blockDevAt is the device number of the block device node at path (false
+// when there is none).
+func blockDevAt(path string) (uint64, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return 0, false
+	}
+	return st.Rdev, true
 }
 
 // describeHolders describes what keeps the block device dev open: processes with

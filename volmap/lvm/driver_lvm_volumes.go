@@ -349,15 +349,15 @@ func (d *Driver) bound(name string, lv LV, id string) error {
 	}
 	now := "uuid " + lv.UUID
 	if lv.UUID == id {
-		var st unix.Stat_t
-		if unix.Stat(d.devPath(lv.Name), &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		rdev, ok := blockDevAt(d.devPath(lv.Name))
+		if !ok {
 			return nil // not active here: the listing is all there is
 		}
-		dm, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/dm/uuid", unix.Major(st.Rdev), unix.Minor(st.Rdev)))
-		if err != nil || strings.TrimSpace(string(dm)) == d.dmUUID(lv) {
+		dm, err := dmUUIDOf(rdev)
+		if err != nil || dm == d.dmUUID(lv) {
 			return nil
 		}
-		now = "device-mapper uuid " + strings.TrimSpace(string(dm))
+		now = "device-mapper uuid " + dm
 		d.invalidate()
 	}
 	d.log.Warn("refused a stale file: its name now names another LV",

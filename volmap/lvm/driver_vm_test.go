@@ -1344,21 +1344,7 @@ func TestBoundToListedLV(t *testing.T) {
 	before := e.lvs()["b"]
 	time.Sleep(10 * time.Millisecond) // the listing has expired
 
-	if f, err := d.OpenBound(ctx, "b", old.ID, os.O_RDONLY); !errors.Is(err, volmap.ErrChanged) {
-		if f != nil {
-			f.Close()
-		}
-		t.Errorf("OpenBound of a recreated name: %v, want ErrChanged", err)
-	}
-	if err := d.SetAttrsBound(ctx, "b", old.ID, meta.Attrs{Mode: 0o666, Size: 1}); !errors.Is(err, volmap.ErrChanged) {
-		t.Errorf("SetAttrsBound of a recreated name: %v, want ErrChanged", err)
-	}
-	if _, err := d.ResizeBound(ctx, "b", old.ID, 4*mib); !errors.Is(err, volmap.ErrChanged) {
-		t.Errorf("ResizeBound of a recreated name: %v, want ErrChanged", err)
-	}
-	if after := e.lvs()["b"]; after.uuid != before.uuid || after.size != 8*mib || len(hasTag(after.tags, "volfs.")) != 0 {
-		t.Fatalf("the new LV was changed: before %+v, after %+v", before, after)
-	}
+	e.refusesStale(d, "b", old.ID, before)
 
 	now, err := d.Lookup(ctx, "b")
 	if err != nil || now.ID == old.ID {
@@ -1477,19 +1463,29 @@ func TestBoundWithinTTL(t *testing.T) {
 	e.sh("lvremove", "-q", "-y", e.vg+"/c")
 	e.sh("lvcreate", "-q", "-Wn", "-L", "8m", "-n", "c", e.vg)
 	before := e.lvs()["c"]
-	if f, err := d.OpenBound(ctx, "c", old.ID, os.O_RDONLY); !errors.Is(err, volmap.ErrChanged) {
+	e.refusesStale(d, "c", old.ID, before)
+}
+
+// refusesStale checks that OpenBound, SetAttrsBound and ResizeBound of name
+// bound to the old LV's UUID id refuse with ErrChanged, and that the new
+// LV (8 MiB, no volfs tags, before) is left as it was.
+func (e *env) refusesStale(d *lvm.Driver, name, id string, before lvsRow) {
+	t := e.t
+	t.Helper()
+	ctx := context.Background()
+	if f, err := d.OpenBound(ctx, name, id, os.O_RDONLY); !errors.Is(err, volmap.ErrChanged) {
 		if f != nil {
 			f.Close()
 		}
-		t.Errorf("OpenBound within the TTL: %v, want ErrChanged", err)
+		t.Errorf("OpenBound of a recreated name: %v, want ErrChanged", err)
 	}
-	if err := d.SetAttrsBound(ctx, "c", old.ID, meta.Attrs{Mode: 0o666, Size: 1}); !errors.Is(err, volmap.ErrChanged) {
-		t.Errorf("SetAttrsBound within the TTL: %v, want ErrChanged", err)
+	if err := d.SetAttrsBound(ctx, name, id, meta.Attrs{Mode: 0o666, Size: 1}); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("SetAttrsBound of a recreated name: %v, want ErrChanged", err)
 	}
-	if _, err := d.ResizeBound(ctx, "c", old.ID, 4*mib); !errors.Is(err, volmap.ErrChanged) {
-		t.Errorf("ResizeBound within the TTL: %v, want ErrChanged", err)
+	if _, err := d.ResizeBound(ctx, name, id, 4*mib); !errors.Is(err, volmap.ErrChanged) {
+		t.Errorf("ResizeBound of a recreated name: %v, want ErrChanged", err)
 	}
-	if after := e.lvs()["c"]; after.uuid != before.uuid || after.size != 8*mib || len(hasTag(after.tags, "volfs.")) != 0 {
+	if after := e.lvs()[name]; after.uuid != before.uuid || after.size != 8*mib || len(hasTag(after.tags, "volfs.")) != 0 {
 		t.Fatalf("the new LV was changed: before %+v, after %+v", before, after)
 	}
 }
